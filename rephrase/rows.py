@@ -1,0 +1,127 @@
+"""The hand-off between the two stages and the dataset's row format.
+
+The curate stage writes each surviving document with all its metadata as one JSON column (`work/docs`), because
+the metadata differs between documents (a rewrite list here, none there) and parquet wants one schema per file.
+The finalize stage explodes each document into its dataset rows: the original (unless routing said not to keep
+it) and one synthetic row per accepted rewrite, each carrying its provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers import ParquetWriter
+
+WORK_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("meta", pa.string())])
+
+DATASET_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("kind", pa.string()),
+        ("source_id", pa.string()),
+        ("prompt", pa.string()),
+        ("prompt_hash", pa.string()),
+        ("model", pa.string()),
+        ("model_revision", pa.string()),
+        ("language", pa.string()),
+        ("quality_score", pa.float64()),
+        ("quality_bucket", pa.int32()),
+        ("n_tokens", pa.int64()),
+        ("sampling", pa.string()),
+        ("candidate_index", pa.int32()),
+        ("attempts", pa.int32()),
+        ("validators", pa.string()),
+    ]
+)
+
+
+class WorkWriter(ParquetWriter):
+    def __init__(self, folder: str) -> None:
+        super().__init__(folder, output_filename="${rank}.parquet", schema=WORK_SCHEMA, batch_size=256)
+
+    def _default_adapter(self, document: Document) -> dict:
+        return {"id": document.id, "text": document.text, "meta": json.dumps(document.metadata, ensure_ascii=False)}
+
+
+def work_adapter(self, data: dict, path: str, id_in_file: int | str) -> dict:
+    """datatrove reader adapter for work/docs: the JSON column becomes the metadata again."""
+    return {"id": data["id"], "text": data["text"], "metadata": json.loads(data["meta"])}
+
+
+class ExplodeRows(PipelineStep):
+    name = "rows"
+    type = "🧩 - ROWS"
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            meta = doc.metadata
+            shared = {
+                "record": meta["record"],
+                "source_id": doc.id,
+                "language": meta.get("language"),
+                "quality_score": meta.get("quality_score"),
+                "quality_bucket": meta.get("quality_bucket"),
+            }
+            if meta.get("keep_original", True):
+                self.stat_update("original")
+                yield Document(
+                    text=doc.text, id=doc.id, metadata={**shared, "kind": "original", "n_tokens": meta.get("n_tokens")}
+                )
+            for rw in meta.get("rewrites", []):
+                self.stat_update("synthetic")
+                row_meta = {k: v for k, v in rw.items() if k not in ("text", "output_tokens")}
+                yield Document(
+                    text=rw["text"],
+                    id=f"{doc.id}#{rw['prompt']}",
+                    metadata={**shared, **row_meta, "kind": "synthetic", "n_tokens": rw["output_tokens"]},
+                )
+
+
+class DatasetWriter(ParquetWriter):
+    """Hub layout: data/train-<rank>.parquet, rotated at `max_file_size`, one explicit typed schema."""
+
+    def __init__(self, folder: str, max_file_size: int) -> None:
+        super().__init__(
+            folder,
+            output_filename="train-${rank}.parquet",
+            schema=DATASET_SCHEMA,
+            max_file_size=max_file_size,
+            batch_size=500,
+        )
+
+    def _default_adapter(self, document: Document) -> dict:
+        meta = document.metadata
+        row = {name: meta.get(name) for name in DATASET_SCHEMA.names}
+        row.update(id=document.id, text=document.text)
+        return row
+
+
+class Tap(PipelineStep):
+    """Passes rows on unchanged and records each in the ledger as having reached the dataset."""
+
+    name = "dataset"
+    type = "📝 - TAP"
+
+    def __init__(self, writer: ParquetWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        with self.writer as writer:
+            for doc in data:
+                self.stat_update(doc.metadata.get("kind", "original"))
+                doc.metadata["filter_reason"] = "in_dataset"
+                writer.write(doc, rank)
+                yield doc
+
+
+def write_empty_dataset(folder: Path) -> None:
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(DATASET_SCHEMA.empty_table(), folder / "train-00000.parquet")

@@ -1,0 +1,136 @@
+"""Run a config end to end: check everything that can fail before heavy work, run both datatrove stages, then
+write the ledger, stats.json and the dataset card."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from rephrase.card import write_card
+from rephrase.config import Config
+from rephrase.ledger import build_ledger
+from rephrase.pipeline import Layout, build_executors, reset_finalize
+from rephrase.rows import write_empty_dataset
+
+
+class PreflightError(RuntimeError):
+    """Something that would fail later (missing model, unwritable output...) found before any heavy work."""
+
+
+@dataclass
+class RunResult:
+    layout: Layout
+    stats: dict
+    ledger: list[dict]
+
+
+def preflight(cfg: Config, layout: Layout) -> None:
+    layout.out.mkdir(parents=True, exist_ok=True)
+    if not os.access(layout.out, os.W_OK):
+        raise PreflightError(f"output folder {layout.out} is not writable; pass --output to a writable folder")
+    free = shutil.disk_usage(layout.out).free
+    if free < 512 * 2**20:
+        raise PreflightError(f"only {free // 2**20} MiB free under {layout.out}; free space or choose --output")
+    needs_llm = any(rule.action == "rephrase" for rule in cfg.routing.rules)
+    if needs_llm and cfg.rephrase.llm.server_url is None:
+        from rephrase.models import resolve_model
+
+        model = resolve_model(cfg.rephrase.llm.model)
+        if "/" in model and Path(model).is_absolute() and not (Path(model) / "config.json").is_file():
+            raise PreflightError(f"model folder {model} has no config.json; run `rephrase models fetch` or fix model")
+
+
+def step_stats(logging_dir: Path) -> dict[str, dict]:
+    """datatrove's merged stats.json as {step: {counter: total}} plus each step's wall time."""
+    path = logging_dir / "stats.json"
+    if not path.is_file():
+        return {}
+    result = {}
+    for step in json.loads(path.read_text()):
+        name = step["name"].split(" - ", 1)[-1].strip()
+        counters = {k: v.get("total", v) if isinstance(v, dict) else v for k, v in step["stats"].items()}
+        timing = step["time_stats"]
+        counters["wall_time_s"] = round(timing.get("total", 0.0) if isinstance(timing, dict) else timing, 2)
+        result[name] = counters
+    return result
+
+
+def read_docs(layout: Layout) -> list[dict]:
+    docs = []
+    for f in sorted((layout.work / "docs").glob("*.parquet")):
+        for row in pq.read_table(f, columns=["id", "meta"]).to_pylist():
+            docs.append({"id": row["id"], "meta": json.loads(row["meta"])})
+    return docs
+
+
+def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str, float]) -> dict:
+    from collections import Counter
+
+    curate, finalize = step_stats(layout.logs / "curate"), step_stats(layout.logs / "finalize")
+    rephrase = next((v for k, v in curate.items() if k.endswith("rephrase")), {})
+    rows = pq.read_table(layout.dataset / "data", columns=["kind", "n_tokens", "prompt"]).to_pylist()
+    tokens = Counter()
+    for row in rows:
+        tokens[row["kind"]] += row["n_tokens"] or 0
+    total_tokens = sum(tokens.values())
+    return {
+        "run": cfg.run.name,
+        "records": len(ledger),
+        "fates": dict(Counter(r["fate"] for r in ledger)),
+        "drops": dict(Counter(f"{r['stage']}/{r['reason']}" for r in ledger if r["fate"] == "dropped")),
+        "dataset": {
+            "rows": dict(Counter(r["kind"] for r in rows)),
+            "tokens": dict(tokens),
+            "synthetic_token_share": round(tokens["synthetic"] / total_tokens, 4) if total_tokens else 0.0,
+            "target_synthetic_share": cfg.mix.synthetic_share,
+            "rows_by_prompt": dict(Counter(r["prompt"] for r in rows if r["prompt"])),
+        },
+        "llm": {
+            "engine": cfg.rephrase.llm.engine,
+            "model": cfg.rephrase.llm.model,
+            "requests": rephrase.get("requests", 0),
+            "candidates_generated": rephrase.get("candidates", 0),
+            "candidates_accepted": rephrase.get("accepted", 0),
+            "tokens_in": rephrase.get("n_tokens_in", 0),
+            "tokens_out": rephrase.get("output_tokens", 0),
+            "rejections": {k.removeprefix("rejected_"): v for k, v in rephrase.items() if k.startswith("rejected_")},
+            "failures": {k.removeprefix("failed_"): v for k, v in rephrase.items() if k.startswith("failed_")},
+        },
+        "wall_time_s": timings,
+        "stages": {"curate": curate, "finalize": finalize},
+    }
+
+
+def run_config(cfg: Config) -> RunResult:
+    layout = Layout(Path(cfg.run.output).resolve())
+    preflight(cfg, layout)
+    curate, finalize = build_executors(cfg, layout)
+    timings = {}
+    start = time.perf_counter()
+    curate.run()
+    incomplete = curate.get_incomplete_ranks()
+    if incomplete:
+        raise RuntimeError(
+            f"curate tasks {incomplete} failed; see {layout.logs / 'curate' / 'logs'}. Rerun the same command to "
+            "resume: finished tasks are kept."
+        )
+    timings["curate"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    reset_finalize(layout)
+    if any((layout.work / "docs").glob("*.parquet")):
+        finalize.run()
+    else:  # every record was dropped before the LLM stage: an empty, still loadable dataset
+        write_empty_dataset(layout.dataset / "data")
+    timings["finalize"] = round(time.perf_counter() - start, 2)
+    docs = read_docs(layout)
+    ledger = build_ledger(layout.work, docs, layout.ledger_file)
+    stats = summarize(cfg, layout, ledger, timings)
+    layout.stats_file.write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    write_card(cfg, layout, stats)
+    return RunResult(layout, stats, ledger)

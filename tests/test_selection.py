@@ -1,0 +1,65 @@
+"""Selection logic with scripted candidates (the real-model checks are in test_pipeline.py)."""
+
+from rephrase.llm.engine import Completion
+from rephrase.llm.selection import select
+from rephrase.llm.validators import VALIDATORS
+
+SOURCE = (
+    "The Amazon rainforest covers much of the Amazon basin of South America. It spans nine nations and holds "
+    "the largest tropical forest in the world, with a great diversity of plants and animals living in it."
+)
+REWRITE = (
+    "Spanning nine countries, the Amazon rainforest occupies most of South America's Amazon basin. It is the "
+    "world's largest tropical forest and is home to an enormous variety of plant and animal species."
+)
+
+
+def validators():
+    return [
+        VALIDATORS.build(n, **p)
+        for n, p in [("not_truncated", {}), ("length_ratio", {}), ("no_meta_text", {}), ("not_a_copy", {})]
+    ]
+
+
+def c(text: str, finish: str = "stop") -> Completion:
+    return Completion(text=text, finish_reason=finish, output_tokens=len(text.split()))
+
+
+def test_each_validator_rejects_its_failure() -> None:
+    cands = [
+        c(REWRITE, finish="length"),
+        c("Short."),
+        c("Here is the rewritten text: " + REWRITE),
+        c(SOURCE),
+        c(REWRITE),
+    ]
+    pick = select(SOURCE, cands, validators())
+    assert pick.index == 4
+    reasons = [sorted(v.reason for v in verdicts.values() if not v.ok) for verdicts in pick.verdicts]
+    assert reasons == [["truncated"], ["length_ratio_low"], ["meta_text"], ["copy_of_source"], []]
+
+
+def test_no_passing_candidate_records_reasons() -> None:
+    pick = select(SOURCE, [c("As an AI, I cannot rewrite this."), c(SOURCE)], validators())
+    assert not pick.accepted
+    assert set(pick.reason().split(",")) == {"meta_text", "copy_of_source", "length_ratio_low"}
+    assert select(SOURCE, [], validators()).reason() == "no_candidates"
+
+
+def test_best_passing_candidate_is_closest_in_length() -> None:
+    long = REWRITE + " " + REWRITE.replace("Amazon", "forest")
+    pick = select(SOURCE, [c(long), c(REWRITE)], validators())
+    assert pick.index == 1
+
+
+def test_meta_text_in_source_is_not_held_against_the_rewrite() -> None:
+    source = "I'm sorry to announce the bakery closes. " + SOURCE
+    pick = select(source, [c("I'm sorry to say the bakery is closing. " + REWRITE)], validators())
+    assert pick.accepted
+
+
+def test_unknown_validator_lists_known() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match=r"known: .*length_ratio"):
+        VALIDATORS.build("lenght_ratio")
