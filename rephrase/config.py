@@ -100,6 +100,10 @@ class SamplingConfig(Strict):
     temperature: float = Field(0.7, ge=0, le=2, description="0 is greedy, which only makes sense with n=1.")
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(512, ge=1, description="Upper bound on tokens generated per candidate.")
+    resample_rounds: int = Field(
+        1, ge=0, le=8, description="Extra rounds of n candidates, only for documents whose candidates all failed."
+    )
+    resample_temperature_step: float = Field(0.1, ge=0, le=1, description="Temperature added at each extra round.")
 
     @model_validator(mode="after")
     def _greedy_means_one_candidate(self) -> SamplingConfig:

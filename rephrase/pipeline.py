@@ -96,6 +96,7 @@ def curate_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
             batch_size=cfg.rephrase.batch_size,
             max_input_tokens=cfg.rephrase.max_input_tokens,
             seed=cfg.run.seed,
+            checkpoint_dir=str(layout.work / "llm_checkpoints"),
             server_log=str(layout.logs / "vllm-server.log"),
         )
     )

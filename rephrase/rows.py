@@ -124,4 +124,4 @@ def write_empty_dataset(folder: Path) -> None:
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(DATASET_SCHEMA.empty_table(), folder / "train-00000.parquet")
+    pq.write_table(DATASET_SCHEMA.empty_table(), folder / "empty.parquet")

@@ -46,6 +46,26 @@ def preflight(cfg: Config, layout: Layout) -> None:
             raise PreflightError(f"model folder {model} has no config.json; run `rephrase models fetch` or fix model")
 
 
+def reopen_failed_llm_tasks(layout: Layout) -> list[int]:
+    """Tasks whose documents hit engine errors (dead server, timeouts) are run again by the next run: their
+    finished generations replay from the checkpoint, only the failed requests go to the model again."""
+    reopened = []
+    for f in sorted((layout.work / "docs").glob("*.parquet")):
+        metas = pq.read_table(f, columns=["meta"]).column("meta").to_pylist()
+        if any('"llm_error"' in m for m in metas):
+            rank = int(f.stem.split("_")[-1])
+            (layout.logs / "curate" / "completions" / f"{rank:05d}").unlink(missing_ok=True)
+            reopened.append(rank)
+    return reopened
+
+
+def name_shards(folder: Path) -> None:
+    """Hub naming: train-00000-of-00003.parquet, in datatrove's file order."""
+    files = sorted(folder.glob("*.parquet"))
+    for i, f in enumerate(files):
+        f.rename(folder / f"train-{i:05d}-of-{len(files):05d}.parquet")
+
+
 def step_stats(logging_dir: Path) -> dict[str, dict]:
     """datatrove's merged stats.json as {step: {counter: total}} plus each step's wall time."""
     path = logging_dir / "stats.json"
@@ -101,6 +121,9 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
             "tokens_out": rephrase.get("output_tokens", 0),
             "rejections": {k.removeprefix("rejected_"): v for k, v in rephrase.items() if k.startswith("rejected_")},
             "failures": {k.removeprefix("failed_"): v for k, v in rephrase.items() if k.startswith("failed_")},
+            "checked": {k.removeprefix("checked_"): v for k, v in rephrase.items() if k.startswith("checked_")},
+            "resampled": rephrase.get("resampled", 0),
+            "replayed_from_checkpoint": rephrase.get("replayed_from_checkpoint", 0),
         },
         "wall_time_s": timings,
         "stages": {"curate": curate, "finalize": finalize},
@@ -111,6 +134,8 @@ def run_config(cfg: Config) -> RunResult:
     layout = Layout(Path(cfg.run.output).resolve())
     preflight(cfg, layout)
     curate, finalize = build_executors(cfg, layout)
+    if reopened := reopen_failed_llm_tasks(layout):
+        print(f"rephrase: rerunning tasks {reopened}: their documents had engine errors (llm_error) last time")
     timings = {}
     start = time.perf_counter()
     curate.run()
@@ -127,6 +152,7 @@ def run_config(cfg: Config) -> RunResult:
         finalize.run()
     else:  # every record was dropped before the LLM stage: an empty, still loadable dataset
         write_empty_dataset(layout.dataset / "data")
+    name_shards(layout.dataset / "data")
     timings["finalize"] = round(time.perf_counter() - start, 2)
     docs = read_docs(layout)
     ledger = build_ledger(layout.work, docs, layout.ledger_file)

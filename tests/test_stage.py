@@ -1,0 +1,99 @@
+"""RephraseStep logic with a scripted engine: resampling only for failed documents, checkpoint replay after a
+rerun, engine errors retried. The real engines are exercised in test_engines.py and test_pipeline.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from datatrove.data import Document
+
+from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
+from rephrase.llm.engine import Completion, Generation
+from rephrase.llm.prompts import load_prompts
+from rephrase.llm.stage import RephraseStep
+
+PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+SOURCE = (
+    "The Danube is the second-longest river in Europe. It flows through Central and Eastern Europe from the Black "
+    "Forest into the Black Sea and passes through ten countries, more than any other river in the world."
+)
+GOOD = (
+    "Europe's second-longest river, the Danube, runs from Germany's Black Forest to the Black Sea. Along its "
+    "course it crosses ten countries, which is more than any other river on Earth."
+)
+
+
+class ScriptedEngine:
+    """Answers from a script: per call, per conversation, a list of candidate texts (or an error string)."""
+
+    model_id, model_revision = "scripted", ""
+
+    def __init__(self, script: list[list[list[str] | str]]) -> None:
+        self.script, self.calls = list(script), []
+
+    def generate(self, conversations, n, sampling):
+        self.calls.append((len(conversations), sampling.temperature))
+        answers = self.script.pop(0)
+        return [
+            Generation(error=a) if isinstance(a, str) else Generation([Completion(t, "stop", 40) for t in a])
+            for a in answers
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+def make_step(tmp_path: Path, engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch) -> RephraseStep:
+    step = RephraseStep(
+        LLMConfig(),
+        SamplingConfig(n=2, resample_rounds=1),
+        {"wikipedia": load_prompts(PROMPTS)["wikipedia"]},
+        [ValidatorConfig(use="length_ratio"), ValidatorConfig(use="not_a_copy")],
+        batch_size=8,
+        max_input_tokens=1000,
+        seed=0,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
+    monkeypatch.setattr(step, "_engine", lambda: engine)
+    return step
+
+
+def docs() -> list[Document]:
+    return [
+        Document(
+            text=SOURCE, id=f"d{i}", metadata={"record": f"f:{i}", "action": "rephrase", "prompts": ["wikipedia"]}
+        )
+        for i in range(3)
+    ] + [Document(text=SOURCE + " kept", id="k", metadata={"record": "f:9", "action": "keep", "prompts": []})]
+
+
+def test_resample_only_failed_documents_then_checkpoint_replay(tmp_path, monkeypatch) -> None:
+    engine = ScriptedEngine(
+        [
+            [[GOOD, SOURCE], [SOURCE, SOURCE], "server said 503"],  # d1 all copies, d2 engine error
+            [[GOOD, "tiny"]],  # resample round for d1 only
+        ]
+    )
+    out = list(make_step(tmp_path, engine, monkeypatch).run(iter(docs())))
+    assert engine.calls == [(3, 0.7), (1, pytest.approx(0.8))]
+    d0, d1, d2, k = out
+    assert d0.metadata["rewrites"][0]["attempts"] == 1 and d1.metadata["rewrites"][0]["attempts"] == 2
+    assert d2.metadata["rephrase_failures"][0]["reason"] == "llm_error"
+    assert k.metadata["rewrites"] == [] and k.metadata["n_tokens"] > 0
+
+    # rerun of the task: finished outcomes replay, only the engine error goes back to the model
+    engine2 = ScriptedEngine([[[GOOD, GOOD]]])
+    step2 = make_step(tmp_path, engine2, monkeypatch)
+    out2 = list(step2.run(iter(docs())))
+    assert engine2.calls == [(1, 0.7)]
+    assert step2.stats["replayed_from_checkpoint"].total == 2
+    assert [len(d.metadata["rewrites"]) for d in out2] == [1, 1, 1, 0]
+    assert out2[1].metadata["rewrites"][0]["text"] == GOOD
+
+
+def test_all_rounds_failing_records_the_reasons(tmp_path, monkeypatch) -> None:
+    engine = ScriptedEngine([[[SOURCE, "x"]] * 3, [[SOURCE, SOURCE]] * 3])
+    out = list(make_step(tmp_path, engine, monkeypatch).run(iter(docs()[:3])))
+    reasons = out[0].metadata["rephrase_failures"][0]["reason"].split(",")
+    assert set(reasons) == {"copy_of_source", "length_ratio_low"} and reasons[0] == "copy_of_source"
