@@ -129,8 +129,11 @@ class RephraseConfig(Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batch_size: int = Field(64, ge=1, description="Documents sent to the engine per call.")
-    max_input_tokens: int = Field(
-        1536, ge=16, description="Documents longer than this (model tokens) are not rewritten: too_long_for_context."
+    chunk_tokens: int = Field(
+        1024, ge=16, description="Longer documents are split on paragraph/sentence boundaries into chunks this size."
+    )
+    max_doc_tokens: int = Field(
+        32768, ge=16, description="Documents longer than this (model tokens) are not rewritten: too_long."
     )
     validators: list[ValidatorConfig] = Field(
         default_factory=lambda: [

@@ -35,6 +35,7 @@ DATASET_SCHEMA = pa.schema(
         ("sampling", pa.string()),
         ("candidate_index", pa.int32()),
         ("attempts", pa.int32()),
+        ("chunks", pa.int32()),
         ("validators", pa.string()),
     ]
 )

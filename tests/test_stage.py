@@ -3,6 +3,7 @@ rerun, engine errors retried. The real engines are exercised in test_engines.py 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,8 @@ def make_step(tmp_path: Path, engine: ScriptedEngine, monkeypatch: pytest.Monkey
         {"wikipedia": load_prompts(PROMPTS)["wikipedia"]},
         [ValidatorConfig(use="length_ratio"), ValidatorConfig(use="not_a_copy")],
         batch_size=8,
-        max_input_tokens=1000,
+        chunk_tokens=1000,
+        max_doc_tokens=5000,
         seed=0,
         checkpoint_dir=str(tmp_path / "ckpt"),
     )
@@ -97,3 +99,44 @@ def test_all_rounds_failing_records_the_reasons(tmp_path, monkeypatch) -> None:
     out = list(make_step(tmp_path, engine, monkeypatch).run(iter(docs()[:3])))
     reasons = out[0].metadata["rephrase_failures"][0]["reason"].split(",")
     assert set(reasons) == {"copy_of_source", "length_ratio_low"} and reasons[0] == "copy_of_source"
+
+
+def test_long_document_chunks_rewritten_and_reassembled_in_order(tmp_path, monkeypatch) -> None:
+    paragraphs = [f"Section {i}. " + SOURCE for i in range(6)]
+    doc = Document(
+        text="\n\n".join(paragraphs),
+        id="long",
+        metadata={"record": "f:1", "action": "rephrase", "prompts": ["wikipedia"]},
+    )
+
+    class EchoEngine(ScriptedEngine):
+        """Rewrites each chunk as 'Part <first words>' so the order of reassembly is visible."""
+
+        def generate(self, conversations, n, sampling):
+            self.calls.append((len(conversations), sampling.temperature))
+            out = []
+            for conv in conversations:
+                chunk = conv[-1]["content"].split("Text:")[-1].strip()
+                sections = [p.split(".")[0] for p in chunk.split("\n\n")]
+                out.append(Generation([Completion(" ".join(f"{s}: {GOOD}" for s in sections), "stop", 50)] * n))
+            return out
+
+    step = make_step(tmp_path, EchoEngine([]), monkeypatch)
+    step.chunk_tokens = 120
+    (out,) = list(step.run(iter([doc])))
+    rewrite = out.metadata["rewrites"][0]
+    assert rewrite["chunks"] > 1 and step.stats["chunks"].total == rewrite["chunks"]
+    order = [int(w) for w in __import__("re").findall(r"Section (\d+):", rewrite["text"])]
+    assert order == list(range(6))
+    assert len(json.loads(rewrite["validators"])) == rewrite["chunks"]
+
+
+def test_document_over_hard_limit_is_not_rewritten(tmp_path, monkeypatch) -> None:
+    doc = Document(
+        text=SOURCE * 20, id="huge", metadata={"record": "f:1", "action": "rephrase", "prompts": ["wikipedia"]}
+    )
+    engine = ScriptedEngine([])
+    step = make_step(tmp_path, engine, monkeypatch)
+    step.max_doc_tokens = 100
+    (out,) = list(step.run(iter([doc])))
+    assert out.metadata["rephrase_failures"][0]["reason"] == "too_long" and engine.calls == []

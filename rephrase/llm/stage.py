@@ -4,9 +4,11 @@ Every document passes through (so the step also counts its tokens for mixing); d
 get one generation call per prompt, batched across documents so the engine sees large batches and the n
 candidates of a document share one prefill. Documents whose n candidates all fail are resampled, alone, up to
 `resample_rounds` more times at a slightly higher temperature: extra candidates are only paid for where the first
-ones failed. Results are recorded on the document, never dropped here: a rewrite that fails every validator, a
-document too long for the context, or an engine error becomes a recorded failure that the ledger turns into a
-reason. Finished outcomes go to a per-task GenerationLog, so a killed task that reruns does not pay for them again.
+ones failed. Long documents are split into chunks (rephrase.llm.chunking); each chunk is a job of its own and the
+chunk rewrites are joined in order, so a document is rewritten only if every chunk is. Results are recorded on
+the document, never dropped here: a rewrite that fails every validator, a document over the hard length limit,
+or an engine error becomes a recorded failure that the ledger turns into a reason. Finished outcomes go to a
+per-task GenerationLog, so a killed task that reruns does not pay for them again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
@@ -24,6 +27,7 @@ from tqdm import tqdm
 
 from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
 from rephrase.llm.checkpoint import GenerationLog, outcome_key
+from rephrase.llm.chunking import reassemble, split_document
 from rephrase.llm.prompts import Prompt
 from rephrase.llm.selection import select
 from rephrase.llm.validators import VALIDATORS, Validator
@@ -31,6 +35,18 @@ from rephrase.llm.validators import VALIDATORS, Validator
 
 def build_validators(configs: list[ValidatorConfig]) -> list[Validator]:
     return [VALIDATORS.build(c.use, **c.params) for c in configs]
+
+
+@dataclass
+class Job:
+    """One chunk of one document for one prompt; `outcome` is {"rewrite": {...}} or {"failure": reason}."""
+
+    doc: Document
+    index: int
+    of: int
+    text: str
+    key: str = ""
+    outcome: dict | None = None
 
 
 class RephraseStep(PipelineStep):
@@ -44,7 +60,8 @@ class RephraseStep(PipelineStep):
         prompts: dict[str, Prompt],
         validators: list[ValidatorConfig],
         batch_size: int,
-        max_input_tokens: int,
+        chunk_tokens: int,
+        max_doc_tokens: int,
         seed: int,
         checkpoint_dir: str,
         server_log: str | None = None,
@@ -52,9 +69,10 @@ class RephraseStep(PipelineStep):
         super().__init__()
         self.llm, self.sampling, self.prompts = llm, sampling, prompts
         self.validator_configs = validators
-        self.checks = {name: self._checks(p) for name, p in prompts.items()}  # fail at assembly, not in a worker
-        self.batch_size, self.max_input_tokens, self.seed = batch_size, max_input_tokens, seed
-        self.checkpoint_dir, self.server_log = checkpoint_dir, server_log
+        for prompt in prompts.values():  # fail at assembly, not inside a worker
+            build_validators(self._checks(prompt))
+        self.batch_size, self.chunk_tokens, self.max_doc_tokens = batch_size, chunk_tokens, max_doc_tokens
+        self.seed, self.checkpoint_dir, self.server_log = seed, checkpoint_dir, server_log
 
     def _checks(self, prompt: Prompt) -> list[ValidatorConfig]:
         return [*self.validator_configs, *(ValidatorConfig(**v) for v in prompt.spec.validators)]
@@ -86,24 +104,29 @@ class RephraseStep(PipelineStep):
         progress = tqdm(desc=f"rephrase [task {rank}]", unit="doc", disable=None, dynamic_ncols=True)
         try:
             for batch in batched(data, self.batch_size):
-                jobs: dict[str, list[Document]] = defaultdict(list)
+                jobs: dict[str, list[Job]] = defaultdict(list)
                 lengths = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
                 for doc, ids in zip(batch, lengths, strict=True):
                     self.stat_update("total")
                     doc.metadata.update(n_tokens=len(ids), rewrites=[], rephrase_failures=[])
                     if doc.metadata.get("action") != "rephrase":
                         continue
+                    if len(ids) > self.max_doc_tokens:
+                        for name in doc.metadata["prompts"]:
+                            self._fail(doc, self.prompts[name], "too_long")
+                        continue
+                    chunks = split_document(doc.text, tokenizer, self.chunk_tokens, doc.metadata.get("language", "en"))
+                    self.stat_update("chunks", value=len(chunks))
+                    self.stat_update("n_tokens_in", value=len(ids) * len(doc.metadata["prompts"]))
                     for name in doc.metadata["prompts"]:
-                        if len(ids) > self.max_input_tokens:
-                            self._fail(doc, self.prompts[name], "too_long_for_context")
-                        else:
-                            jobs[name].append(doc)
-                            self.stat_update("n_tokens_in", value=len(ids))
-                for name, docs in jobs.items():
-                    pending = self._replay(log, self.prompts[name], docs)
+                        jobs[name] += [Job(doc, i, len(chunks), chunk) for i, chunk in enumerate(chunks)]
+                for name, prompt_jobs in jobs.items():
+                    prompt = self.prompts[name]
+                    pending = self._replay(log, prompt, prompt_jobs)
                     if pending:
                         engine = engine or self._engine()
-                        self._rewrite(engine, self.prompts[name], pending, log)
+                        self._rewrite(engine, prompt, pending, log)
+                    self._assemble(prompt, prompt_jobs)
                 progress.update(len(batch))
                 progress.set_postfix(
                     accepted=self.stats["accepted"].total, out_tok=self.stats["output_tokens"].total, refresh=False
@@ -115,32 +138,54 @@ class RephraseStep(PipelineStep):
             if engine is not None:
                 engine.close()
 
-    def _key(self, doc: Document, prompt: Prompt) -> str:
-        text_hash = hashlib.sha256(doc.text.encode("utf-8")).hexdigest()
+    def _key(self, job: Job, prompt: Prompt) -> str:
+        text_hash = hashlib.sha256(job.text.encode("utf-8")).hexdigest()
         checks = [c.model_dump() for c in self._checks(prompt)]
-        record = doc.metadata.get("record", doc.id)
+        record = job.doc.metadata.get("record", job.doc.id)
         return outcome_key(
-            record, text_hash, prompt.ref, prompt.hash, self.llm.model, self.sampling.model_dump(), checks
+            record, job.index, text_hash, prompt.ref, prompt.hash, self.llm.model, self.sampling.model_dump(), checks
         )
 
-    def _replay(self, log: GenerationLog, prompt: Prompt, docs: list[Document]) -> list[tuple[Document, str]]:
-        """Apply outcomes finished by an earlier (killed) run of this task; return what still needs the model."""
+    def _replay(self, log: GenerationLog, prompt: Prompt, jobs: list[Job]) -> list[Job]:
+        """Take outcomes finished by an earlier (killed) run of this task; return the jobs that need the model."""
         pending = []
-        for doc in docs:
-            key = self._key(doc, prompt)
-            if (outcome := log.get(key)) is None:
-                pending.append((doc, key))
-                continue
-            self.stat_update("replayed_from_checkpoint")
-            self._apply(doc, prompt, outcome)
+        for job in jobs:
+            job.key = self._key(job, prompt)
+            job.outcome = log.get(job.key)
+            if job.outcome is None:
+                pending.append(job)
+            else:
+                self.stat_update("replayed_from_checkpoint")
         return pending
 
-    def _apply(self, doc: Document, prompt: Prompt, outcome: dict) -> None:
-        if "rewrite" in outcome:
+    def _assemble(self, prompt: Prompt, jobs: list[Job]) -> None:
+        """Per document: the chunk rewrites joined in order, or the first failing chunk's reasons."""
+        by_doc: dict[int, list[Job]] = defaultdict(list)
+        for job in jobs:
+            by_doc[id(job.doc)].append(job)
+        for doc_jobs in by_doc.values():
+            doc, parts = doc_jobs[0].doc, sorted(doc_jobs, key=lambda j: j.index)
+            failed = next((j for j in parts if "rewrite" not in (j.outcome or {})), None)
+            if failed is not None:
+                outcome = failed.outcome or {"failure": "llm_error", "detail": "no outcome"}
+                where = f" (chunk {failed.index + 1}/{failed.of})" if failed.of > 1 else ""
+                self._fail(doc, prompt, outcome["failure"], (outcome.get("detail") or "") + where)
+                continue
             self.stat_update("accepted")
-            doc.metadata["rewrites"].append(outcome["rewrite"])
-        else:
-            self._fail(doc, prompt, outcome["failure"])
+            rewrites = [j.outcome["rewrite"] for j in parts]
+            first = rewrites[0]
+            doc.metadata["rewrites"].append(
+                {
+                    **first,
+                    "text": reassemble([r["text"] for r in rewrites]),
+                    "attempts": max(r["attempts"] for r in rewrites),
+                    "output_tokens": sum(r["output_tokens"] for r in rewrites),
+                    "chunks": len(rewrites),
+                    "validators": first["validators"]
+                    if len(rewrites) == 1
+                    else json.dumps([json.loads(r["validators"]) for r in rewrites]),
+                }
+            )
 
     def _fail(self, doc: Document, prompt: Prompt, reason: str, detail: str | None = None) -> None:
         self.stat_update(f"failed_{reason.split(',')[0]}")
@@ -161,7 +206,7 @@ class RephraseStep(PipelineStep):
             seed=self.seed + attempt - 1,
         )
 
-    def _rewrite(self, engine, prompt: Prompt, pending: list[tuple[Document, str]], log: GenerationLog) -> None:
+    def _rewrite(self, engine, prompt: Prompt, pending: list[Job], log: GenerationLog) -> None:
         checks = build_validators(self._checks(prompt))
         reasons: dict[str, Counter] = defaultdict(Counter)
         for attempt in range(1, self.sampling.resample_rounds + 2):
@@ -170,45 +215,49 @@ class RephraseStep(PipelineStep):
             sampling = self._sampling(prompt, attempt)
             start = time.perf_counter()
             with self.track_time(f"generate_{prompt.spec.name}"):
-                outputs = engine.generate([prompt.messages(d.text) for d, _ in pending], self.sampling.n, sampling)
+                outputs = engine.generate([prompt.messages(j.text) for j in pending], self.sampling.n, sampling)
             self.stat_update("generate_seconds", value=round(time.perf_counter() - start, 3))
             retry = []
-            for (doc, key), result in zip(pending, outputs, strict=True):
+            for job, result in zip(pending, outputs, strict=True):
                 self.stat_update("requests")
                 if result.error:  # not logged: retried when the task runs again
-                    self._fail(doc, prompt, "llm_error", result.error)
+                    job.outcome = {"failure": "llm_error", "detail": result.error[:500]}
                     continue
                 candidates = result.completions
                 self.stat_update("candidates", value=len(candidates))
                 self.stat_update("output_tokens", value=sum(c.output_tokens for c in candidates))
-                pick = select(doc.text, candidates, checks)
+                pick = select(job.text, candidates, checks)
                 for reason, count in pick.failures.items():
                     self.stat_update(f"rejected_{reason}", value=count)
                 for name in pick.verdicts[0] if pick.verdicts else ():
                     self.stat_update(f"checked_{name}", value=len(candidates))
-                reasons[key].update(pick.failures)
+                reasons[job.key].update(pick.failures)
                 if pick.accepted:
                     chosen = candidates[pick.index]
-                    rewrite = {
-                        "text": chosen.text.strip(),
-                        "prompt": prompt.ref,
-                        "prompt_hash": prompt.hash,
-                        "model": engine.model_id,
-                        "model_revision": engine.model_revision,
-                        "sampling": json.dumps({**sampling.__dict__, "n": self.sampling.n}),
-                        "candidate_index": pick.index,
-                        "attempts": attempt,
-                        "output_tokens": chosen.output_tokens,
-                        "validators": json.dumps({k: round(v.score, 4) for k, v in pick.verdicts[pick.index].items()}),
+                    job.outcome = {
+                        "rewrite": {
+                            "text": chosen.text.strip(),
+                            "prompt": prompt.ref,
+                            "prompt_hash": prompt.hash,
+                            "model": engine.model_id,
+                            "model_revision": engine.model_revision,
+                            "sampling": json.dumps({**sampling.__dict__, "n": self.sampling.n}),
+                            "candidate_index": pick.index,
+                            "attempts": attempt,
+                            "output_tokens": chosen.output_tokens,
+                            "validators": json.dumps(
+                                {k: round(v.score, 4) for k, v in pick.verdicts[pick.index].items()}
+                            ),
+                        }
                     }
-                    log.put(key, {"rewrite": rewrite})
-                    self._apply(doc, prompt, {"rewrite": rewrite})
+                    log.put(job.key, job.outcome)
                 elif attempt <= self.sampling.resample_rounds:
                     self.stat_update("resampled")
-                    retry.append((doc, key))
+                    retry.append(job)
                 else:
-                    failure = ",".join(r for r, _ in reasons[key].most_common()) or "no_candidates"
-                    log.put(key, {"failure": failure})
-                    self._apply(doc, prompt, {"failure": failure})
+                    job.outcome = {
+                        "failure": ",".join(r for r, _ in reasons[job.key].most_common()) or "no_candidates"
+                    }
+                    log.put(job.key, job.outcome)
             log.commit()
             pending = retry
