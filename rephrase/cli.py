@@ -51,10 +51,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if limit_all is not None:
         for source in cfg.input.sources:
             source.limit = limit_all
-    if args.output is None and not Path(cfg.run.output).is_absolute():
-        cfg.run.output = str(Path.cwd() / cfg.run.output)
     result = run_config(cfg)
     print_summary(result)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from rephrase.hub import push_dataset
+
+    result = push_dataset(Path(args.out), args.repo_id, private=args.private, revision=args.revision)
+    print(
+        f"pushed {len(result.uploaded)} files in {result.commits} commits ({len(result.unchanged)} unchanged, "
+        f"{len(result.deleted)} stale shards removed) to {result.url}"
+    )
     return 0
 
 
@@ -138,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="bundled:smollm2-135m", help="model whose chat template is applied")
     p.set_defaults(func=cmd_prompts_render)
 
+    p = sub.add_parser("push", help="upload OUT/dataset to the Hugging Face Hub (resumable, retries 429/5xx)")
+    p.add_argument("out", help="the run's output folder (holds dataset/)")
+    p.add_argument("--repo-id", required=True, help="dataset repo, e.g. my-org/my-rephrased-data")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to push to (created from main if missing)")
+    p.set_defaults(func=cmd_push)
+
     p = sub.add_parser("train-classifier", help="train and evaluate a fastText quality classifier")
     p.add_argument("config")
     p.set_defaults(func=cmd_train_classifier)
@@ -145,14 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
     from rephrase.config import ConfigError
+    from rephrase.hub import PushError
     from rephrase.llm.prompts import PromptError
     from rephrase.run import PreflightError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, PromptError, PreflightError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, PromptError, PreflightError, PushError, HfHubHTTPError, FileNotFoundError, ValueError) as e:
         print(f"rephrase: error: {e}", file=sys.stderr)
         return 2
 

@@ -131,7 +131,7 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
 
 
 def run_config(cfg: Config) -> RunResult:
-    layout = Layout(Path(cfg.run.output).resolve())
+    layout = Layout(Path(cfg.resolve(cfg.run.output)))
     preflight(cfg, layout)
     curate, finalize = build_executors(cfg, layout)
     if reopened := reopen_failed_llm_tasks(layout):
