@@ -100,6 +100,12 @@ class SamplingConfig(Strict):
     temperature: float = Field(0.7, ge=0, le=2, description="0 is greedy, which only makes sense with n=1.")
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(512, ge=1, description="Upper bound on tokens generated per candidate.")
+    max_output_ratio: float | None = Field(
+        3.0,
+        gt=0,
+        description="Caps each candidate at this many times its input's tokens (rounded up to a power of two): text "
+        "the length validator would reject is never generated. null: max_tokens only.",
+    )
     resample_rounds: int = Field(
         1, ge=0, le=8, description="Extra rounds of n candidates, only for documents whose candidates all failed."
     )

@@ -45,6 +45,7 @@ class Job:
     index: int
     of: int
     text: str
+    tokens: int
     key: str = ""
     outcome: dict | None = None
 
@@ -99,6 +100,7 @@ class RephraseStep(PipelineStep):
         from rephrase.models import resolve_model
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.llm.model))
+        self._built: dict[str, list[Validator]] = {}
         log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
         engine = None
         progress = tqdm(desc=f"rephrase [task {rank}]", unit="doc", disable=None, dynamic_ncols=True)
@@ -116,10 +118,12 @@ class RephraseStep(PipelineStep):
                             self._fail(doc, self.prompts[name], "too_long")
                         continue
                     chunks = split_document(doc.text, tokenizer, self.chunk_tokens, doc.metadata.get("language", "en"))
+                    sizes = [len(ids)] if len(chunks) == 1 else [len(tokenizer(c)["input_ids"]) for c in chunks]
                     self.stat_update("chunks", value=len(chunks))
                     self.stat_update("n_tokens_in", value=len(ids) * len(doc.metadata["prompts"]))
                     for name in doc.metadata["prompts"]:
-                        jobs[name] += [Job(doc, i, len(chunks), chunk) for i, chunk in enumerate(chunks)]
+                        parts = enumerate(zip(chunks, sizes, strict=True))
+                        jobs[name] += [Job(doc, i, len(chunks), chunk, n) for i, (chunk, n) in parts]
                 for name, prompt_jobs in jobs.items():
                     prompt = self.prompts[name]
                     pending = self._replay(log, prompt, prompt_jobs)
@@ -206,17 +210,42 @@ class RephraseStep(PipelineStep):
             seed=self.seed + attempt - 1,
         )
 
+    def _generate(self, engine, prompt: Prompt, jobs: list[Job], sampling) -> list:
+        """One engine call per output-length bucket: a short chunk is not allowed to ramble to max_tokens."""
+        import dataclasses
+        import math
+
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            limit = sampling.max_tokens
+            if self.sampling.max_output_ratio is not None:
+                wanted = max(64, math.ceil(self.sampling.max_output_ratio * job.tokens))
+                limit = min(limit, 2 ** math.ceil(math.log2(wanted)))
+            buckets[limit].append(i)
+        outputs: list = [None] * len(jobs)
+        for limit, indices in sorted(buckets.items()):
+            start = time.perf_counter()
+            with self.track_time(f"generate_{prompt.spec.name}"):
+                results = engine.generate(
+                    [prompt.messages(jobs[i].text) for i in indices],
+                    self.sampling.n,
+                    dataclasses.replace(sampling, max_tokens=limit),
+                )
+            self.stat_update("generate_seconds", value=round(time.perf_counter() - start, 3))
+            for i, result in zip(indices, results, strict=True):
+                outputs[i] = result
+        return outputs
+
     def _rewrite(self, engine, prompt: Prompt, pending: list[Job], log: GenerationLog) -> None:
-        checks = build_validators(self._checks(prompt))
+        if prompt.spec.name not in self._built:  # validators may load models: once per task
+            self._built[prompt.spec.name] = build_validators(self._checks(prompt))
+        checks = self._built[prompt.spec.name]
         reasons: dict[str, Counter] = defaultdict(Counter)
         for attempt in range(1, self.sampling.resample_rounds + 2):
             if not pending:
                 break
             sampling = self._sampling(prompt, attempt)
-            start = time.perf_counter()
-            with self.track_time(f"generate_{prompt.spec.name}"):
-                outputs = engine.generate([prompt.messages(j.text) for j in pending], self.sampling.n, sampling)
-            self.stat_update("generate_seconds", value=round(time.perf_counter() - start, 3))
+            outputs = self._generate(engine, prompt, pending, sampling)
             retry = []
             for job, result in zip(pending, outputs, strict=True):
                 self.stat_update("requests")

@@ -133,3 +133,88 @@ def length_closeness(verdicts: dict[str, Verdict]) -> float:
     ratio = verdicts["length_ratio"].score if "length_ratio" in verdicts else 1.0
     overlap = verdicts["not_a_copy"].score if "not_a_copy" in verdicts else 0.0
     return -abs(math.log(max(ratio, 1e-6))) - 0.5 * overlap
+
+
+@VALIDATORS.register("no_repetition")
+class NoRepetition(Validator):
+    """Degenerate loops ("the the the", a sentence repeated) are the classic failure of small samplers. The share
+    of characters inside repeated word n-grams is Gopher's repetition measure (datatrove's implementation)."""
+
+    name = "no_repetition"
+
+    def __init__(self, n: int = 5, max_fraction: float = 0.25) -> None:
+        self.n, self.max_fraction = n, max_fraction
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        from datatrove.pipeline.filters.gopher_repetition_filter import find_all_duplicate
+
+        words = candidate.text.split()
+        total = len("".join(words))
+        fraction = find_all_duplicate(words, self.n) / total if total else 0.0
+        ok = fraction <= self.max_fraction
+        return Verdict(ok, fraction, None if ok else "repetition")
+
+
+@VALIDATORS.register("same_language")
+class SameLanguage(Validator):
+    """A rewrite must stay in the source's language (small models drift into English or switch mid-text)."""
+
+    name = "same_language"
+
+    def __init__(self, min_score: float = 0.5) -> None:
+        self.min_score = min_score
+        self._model = None
+
+    def _predict(self, text: str) -> tuple[str, float]:
+        if self._model is None:
+            import fasttext
+
+            from filters.language import lid176_path
+
+            self._model = fasttext.load_model(lid176_path())
+        labels, probs = self._model.predict(text.replace("\n", " "), k=1)
+        return labels[0].removeprefix("__label__"), float(probs[0])
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        src_lang, _ = self._predict(source)
+        lang, prob = self._predict(candidate.text)
+        ok = lang == src_lang and prob >= self.min_score
+        return Verdict(ok, prob if lang == src_lang else 0.0, None if ok else "language_changed")
+
+
+@VALIDATORS.register("quality_score")
+class QualityScore(Validator):
+    """The rewrite's fastText quality score must reach `min_score` and, if `not_below_source`, the source's own
+    score minus `margin`: a rewrite that the quality classifier likes less than its source is not an upgrade."""
+
+    name = "quality_score"
+
+    def __init__(
+        self,
+        classifier: str = "bundled:quality_starter",
+        label: str = "__label__hq",
+        min_score: float = 0.0,
+        not_below_source: bool = True,
+        margin: float = 0.05,
+    ) -> None:
+        from filters.classifiers import resolve_classifier_path
+
+        self.path, self.label = resolve_classifier_path(classifier), label
+        self.min_score, self.not_below_source, self.margin = min_score, not_below_source, margin
+        self._model = None
+
+    def _score(self, text: str) -> float:
+        from filters.train import normalize_for_fasttext
+
+        if self._model is None:
+            import fasttext
+
+            self._model = fasttext.load_model(self.path)
+        labels, probs = self._model.predict(normalize_for_fasttext(text), k=-1)
+        return float(dict(zip(labels, probs, strict=True)).get(self.label, 0.0))
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        score = self._score(candidate.text)
+        floor = max(self.min_score, self._score(source) - self.margin if self.not_below_source else 0.0)
+        ok = score >= floor
+        return Verdict(ok, score, None if ok else "quality_below_threshold")
