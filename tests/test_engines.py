@@ -1,0 +1,186 @@
+"""One contract for the three engines, run on the bundled SmolLM2-135M: vLLM offline, a vLLM server spawned on
+127.0.0.1, and transformers. Plus the failure paths the LLM stage relies on: a dead server is a clear, quick
+error; a prompt too long for the context fails that conversation only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rephrase.llm.engine import Engine, Sampling, build_engine
+from rephrase.llm.server import OpenAIServerEngine, ServerError, ServerOptions, VLLMServer, engine_args_to_flags
+from rephrase.models import BUNDLED_NAME, BUNDLED_REF, resolve_model
+
+# CPU settings measured on this machine (DATA.md); 2048 tokens bounds the KV cache a request may need.
+CPU_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
+# Low temperature keeps the sampled path (n=2 needs it) but makes the tiny model answer the question asked.
+SAMPLING = Sampling(temperature=0.2, top_p=0.95, max_tokens=16, seed=0)
+JAPAN = [{"role": "user", "content": "What is the capital of Japan?"}]
+COLORS = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name three colors."}]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """vLLM caches into a temporary folder, not ~/.cache/vllm; spawned servers and workers inherit it."""
+    root = tmp_path_factory.mktemp("vllm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLLM_CACHE_ROOT", str(root / "cache"))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def model() -> str:
+    """The converted bundled model, from $REPHRASE_CACHE (or ~/.cache/rephrase): converted once per machine."""
+    return resolve_model(BUNDLED_REF)
+
+
+@pytest.fixture(scope="module", params=["vllm", "vllm-server", "transformers"])
+def engine(request: pytest.FixtureRequest, env: Path, model: str) -> Iterator[Engine]:
+    start = time.perf_counter()
+    built = build_engine(request.param, model, engine_args=CPU_ARGS, log_path=env / "server.log", seed=0)
+    print(f"\n{request.param} engine ready in {time.perf_counter() - start:.1f} s")
+    server = getattr(built, "server", None)
+    pid = server.process.pid if server is not None else None
+    yield built
+    built.close()
+    if pid is not None:  # the spawned server and every process of its group are gone
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+
+
+@pytest.mark.slow
+def test_engine_contract(engine: Engine) -> None:
+    out = engine.generate([JAPAN, COLORS], n=2, sampling=SAMPLING)
+    assert len(out) == 2
+    for generation in out:
+        assert generation.error is None and len(generation.completions) == 2
+        for c in generation.completions:
+            assert c.text.strip() and c.finish_reason in {"stop", "length"} and 0 < c.output_tokens <= 16
+    assert any("Tokyo" in c.text for c in out[0].completions)  # input order kept
+    assert not any("Tokyo" in c.text for c in out[1].completions)
+    if isinstance(engine, OpenAIServerEngine):
+        assert "tokenizer" not in vars(engine)  # token counts came from the server, not a client-side re-count
+    assert (engine.model_id, engine.model_revision[:12]) == (BUNDLED_NAME, "gguf-sha256:")
+    assert engine.tokenizer.apply_chat_template(JAPAN, tokenize=False, add_generation_prompt=True).endswith(
+        "<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.slow
+def test_too_long_prompt_fails_only_its_conversation(engine: Engine) -> None:
+    long = [{"role": "user", "content": "word " * 2100}]
+    out = engine.generate([long, JAPAN], n=1, sampling=SAMPLING)
+    assert out[0].completions == [] and out[0].error
+    # The server refuses it itself (HTTP 400, not retried); the in-process engines check before generating.
+    expected = "BadRequestError" if isinstance(engine, OpenAIServerEngine) else "prompt_too_long"
+    assert out[0].error.startswith(expected), out[0].error
+    assert out[1].error is None and len(out[1].completions) == 1
+
+
+@pytest.mark.slow
+def test_spawned_server_binds_localhost(engine: Engine) -> None:
+    if not isinstance(engine, OpenAIServerEngine):
+        pytest.skip("only the vllm-server engine has a server")
+    assert engine.base_url.startswith("http://127.0.0.1:")
+    assert engine.served_model_name == BUNDLED_NAME
+
+
+@pytest.mark.slow
+def test_transformers_engine_is_deterministic_per_seed(engine: Engine) -> None:
+    if engine.__class__.__name__ != "TransformersEngine":
+        pytest.skip("vLLM engines are seeded once per engine, not per call")
+    sampling = Sampling(temperature=0.7, max_tokens=16, seed=3)
+    first, second = (engine.generate([COLORS], n=2, sampling=sampling) for _ in range(2))
+    assert first == second
+
+
+def _dead_url() -> str:
+    from rephrase.llm.server import free_port
+
+    return f"http://127.0.0.1:{free_port('127.0.0.1')}"
+
+
+def test_dead_server_url_is_a_quick_clear_error() -> None:
+    start = time.perf_counter()
+    with pytest.raises(ServerError, match=r"no OpenAI-compatible server answers at http://127\.0\.0\.1:\d+/v1/models"):
+        build_engine("vllm-server", "some/model", server_url=_dead_url(), max_retries=2, request_timeout_s=5)
+    assert time.perf_counter() - start < 15  # 2 retries: about 0.5 s + 1 s of backoff
+
+
+def test_server_dying_mid_run_records_errors_per_conversation() -> None:
+    engine = OpenAIServerEngine(_dead_url(), "some/model", served_model_name="m", max_retries=1, request_timeout_s=5)
+    try:
+        start = time.perf_counter()
+        out = engine.generate([JAPAN, COLORS], n=2, sampling=SAMPLING)
+        assert time.perf_counter() - start < 15
+    finally:
+        engine.close()
+    assert [g.completions for g in out] == [[], []]
+    assert all(g.error and g.error.startswith("APIConnectionError") for g in out)
+
+
+def test_unknown_engine_kind_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown engine 'sglang'; known: vllm, vllm-server, transformers"):
+        build_engine("sglang", "x")  # type: ignore[arg-type]
+
+
+def test_missing_model_folder_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="rephrase models fetch"):
+        build_engine("vllm", str(tmp_path / "missing"))
+
+
+def test_engine_args_become_server_flags() -> None:
+    args = {"max_model_len": 2048, "enforce_eager": True, "enable_prefix_caching": False, "revision": None}
+    assert engine_args_to_flags(args) == ["--max-model-len", "2048", "--enforce-eager", "--no-enable-prefix-caching"]
+    assert engine_args_to_flags({"override_generation_config": {"top_k": 1}}) == [
+        "--override-generation-config",
+        '{"top_k": 1}',
+    ]
+
+
+@pytest.mark.slow
+def test_server_that_dies_at_start_reports_its_log(env: Path, model: str) -> None:
+    server = VLLMServer(
+        model,
+        served_model_name="m",
+        engine_args={"no_such_option": 1},
+        options=ServerOptions(startup_timeout_s=120),
+        log_path=env / "bad-server.log",
+    )
+    with pytest.raises(ServerError, match=r"(?s)exited with code \d+ while starting.*no-such-option"):
+        server.start()
+    assert server.process is None
+
+
+@pytest.mark.slow
+def test_server_dies_with_its_parent(env: Path, model: str) -> None:
+    """A parent killed without cleanup (SIGKILL, or SIGTERM's default action) must not leave a server running."""
+    code = f"from rephrase.llm.server import VLLMServer; VLLMServer({model!r}, served_model_name='m').start()"
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        server_pid = ""
+        while not server_pid and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.2)
+            ps = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent.pid)], capture_output=True, text=True)
+            server_pid = ps.stdout.strip()
+        assert server_pid, "the parent never spawned a server"
+        time.sleep(3)  # past the server's prctl, still importing vLLM
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(int(server_pid), 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(int(server_pid), 9)
+    pytest.fail(f"server {server_pid} outlived its parent by 30 s")
