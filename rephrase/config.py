@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from filters.minhash import MinhashConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -147,12 +149,16 @@ class RephraseConfig(Strict):
             ValidatorConfig(use="length_ratio", params={"low": 0.3, "high": 3.0}),
             ValidatorConfig(use="no_meta_text"),
             ValidatorConfig(use="not_a_copy", params={"max_overlap": 0.9}),
+            ValidatorConfig(use="no_repetition"),
+            ValidatorConfig(use="same_language"),
+            ValidatorConfig(use="faithful", params={"min_similarity": 0.6}),
         ]
     )
 
 
 class DedupConfig(Strict):
     exact: bool = Field(True, description="Drop rows whose normalised text was already seen (originals + synthetic).")
+    minhash: MinhashConfig = Field(default_factory=MinhashConfig, description="Near-dedup over all rows.")
 
 
 class MixConfig(Strict):

@@ -3,7 +3,9 @@
 Two datatrove stages run one after the other:
   curate   (N tasks): read -> extract HTML -> input checks -> language id -> heuristics -> exact dedup
                       -> quality score -> route -> rephrase -> work/docs
-  finalize (1 task):  work/docs -> rows (original + synthetic) -> exact dedup -> mix -> dataset
+  rows     (1 task):   work/docs -> rows (original + synthetic) -> exact dedup -> work/rows
+  minhash  (datatrove's signature / bucket / cluster stages over work/rows, if enabled)
+  finalize (1 task):   work/rows -> near-dedup -> token mix -> dataset
 Every filter's exclusion writer is a LedgerWriter, so whatever a step removes is written with its reason.
 """
 
@@ -22,6 +24,7 @@ from filters.dedup import ExactDedup
 from filters.heuristics import build_heuristic
 from filters.html import ExtractHtml
 from filters.language import LanguageId
+from filters.minhash import NearDedupFilter, minhash_executors, minhash_stages
 from filters.records import RecordCheck
 from rephrase.config import Config
 from rephrase.inputs import ReadSources, build_readers
@@ -105,7 +108,7 @@ def curate_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     return steps
 
 
-def finalize_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
+def rows_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     ledger = str(layout.work / "ledger" / "finalize")
     steps: list[PipelineStep] = [
         ParquetReader(str(layout.work / "docs"), adapter=work_adapter, glob_pattern="*.parquet"),
@@ -113,6 +116,17 @@ def finalize_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     ]
     if cfg.dedup.exact:
         steps.append(ExactDedup(exclusion_writer=LedgerWriter(ledger, "dedup")))
+    steps.append(WorkWriter(str(layout.work / "rows")))
+    return steps
+
+
+def final_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
+    ledger = str(layout.work / "ledger" / "finalize")
+    steps: list[PipelineStep] = [
+        ParquetReader(str(layout.work / "rows"), adapter=work_adapter, glob_pattern="*.parquet")
+    ]
+    if cfg.dedup.minhash.enabled:
+        steps.append(NearDedupFilter(str(layout.work / "minhash"), LedgerWriter(ledger, "near_dedup")))
     steps += [
         Mix(cfg.mix.synthetic_share, cfg.mix.max_upsample, cfg.run.seed, LedgerWriter(ledger, "mix")),
         Tap(LedgerWriter(ledger, "dataset")),
@@ -122,19 +136,41 @@ def finalize_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
 
 
 def build_executors(cfg: Config, layout: Layout) -> tuple[LocalPipelineExecutor, LocalPipelineExecutor]:
+    """(curate, final): running `final` runs its dependency chain rows -> [minhash x3] -> final first.
+
+    The stages after curate are global (dedup and mix need every row), so they run as single tasks except
+    MinHash's bucket stage, one task per band.
+    """
+    logs = layout.logs
     curate = LocalPipelineExecutor(
         curate_steps(cfg, layout),
         tasks=cfg.run.tasks,
         workers=min(cfg.run.workers, cfg.run.tasks),
-        logging_dir=str(layout.logs / "curate"),
+        logging_dir=str(logs / "curate"),
     )
-    finalize = LocalPipelineExecutor(
-        finalize_steps(cfg, layout), tasks=1, workers=1, logging_dir=str(layout.logs / "finalize"), depends=curate
+    previous = LocalPipelineExecutor(
+        rows_steps(cfg, layout), tasks=1, workers=1, logging_dir=str(logs / "rows"), depends=curate
     )
-    return curate, finalize
+    if cfg.dedup.minhash.enabled:
+        reader = ParquetReader(str(layout.work / "rows"), adapter=work_adapter, glob_pattern="*.parquet")
+        stages = minhash_stages(cfg.dedup.minhash, reader, str(layout.work / "minhash"), tasks=1)
+        previous = minhash_executors(stages, str(logs / "minhash"), cfg.run.workers, depends=previous)[-1]
+    final = LocalPipelineExecutor(
+        final_steps(cfg, layout), tasks=1, workers=1, logging_dir=str(logs / "finalize"), depends=previous
+    )
+    return curate, final
 
 
 def reset_finalize(layout: Layout) -> None:
-    """finalize is cheap and global: it always reruns on the complete curate output, never on a partial one."""
-    for path in (layout.logs / "finalize", layout.work / "ledger" / "finalize", layout.dataset / "data"):
+    """The stages after curate are cheap and global: they always rerun on the complete curate output."""
+    work, logs = layout.work, layout.logs
+    for path in (
+        logs / "rows",
+        logs / "minhash",
+        logs / "finalize",
+        work / "rows",
+        work / "minhash",
+        work / "ledger" / "finalize",
+        layout.dataset / "data",
+    ):
         shutil.rmtree(path, ignore_errors=True)

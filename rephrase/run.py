@@ -73,7 +73,7 @@ def step_stats(logging_dir: Path) -> dict[str, dict]:
         return {}
     result = {}
     for step in json.loads(path.read_text()):
-        name = step["name"].split(" - ", 1)[-1].strip()
+        name = step["name"].split(" - ", 1)[-1].split(": ", 1)[-1].strip()
         counters = {k: v.get("total", v) if isinstance(v, dict) else v for k, v in step["stats"].items()}
         timing = step["time_stats"]
         counters["wall_time_s"] = round(timing.get("total", 0.0) if isinstance(timing, dict) else timing, 2)
@@ -92,7 +92,8 @@ def read_docs(layout: Layout) -> list[dict]:
 def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str, float]) -> dict:
     from collections import Counter
 
-    curate, finalize = step_stats(layout.logs / "curate"), step_stats(layout.logs / "finalize")
+    curate = step_stats(layout.logs / "curate")
+    finalize = {**step_stats(layout.logs / "rows"), **step_stats(layout.logs / "finalize")}
     rephrase = next((v for k, v in curate.items() if k.endswith("rephrase")), {})
     rows = pq.read_table(layout.dataset / "data", columns=["kind", "n_tokens", "prompt"]).to_pylist()
     tokens = Counter()

@@ -218,3 +218,26 @@ class QualityScore(Validator):
         floor = max(self.min_score, self._score(source) - self.margin if self.not_below_source else 0.0)
         ok = score >= floor
         return Verdict(ok, score, None if ok else "quality_below_threshold")
+
+
+@VALIDATORS.register("faithful")
+class Faithful(Validator):
+    """Cosine similarity of sentence embeddings (all-MiniLM-L6-v2, shipped offline) between source and rewrite.
+    A small model's fluent rewrite can drift to another topic or invent a story; a faithful paraphrase of the
+    same passage stays close in embedding space (a MiniLM paraphrase typically scores above 0.8)."""
+
+    name = "faithful"
+
+    def __init__(self, min_similarity: float = 0.6, model: str = "bundled:all-minilm-l6-v2") -> None:
+        self.min_similarity, self.model = min_similarity, model
+        self._embedder = None
+
+    def __call__(self, source: str, candidate: Completion) -> Verdict:
+        if self._embedder is None:
+            from filters.semantic import Embedder
+
+            self._embedder = Embedder(self.model)
+        src, cand = self._embedder.encode([source, candidate.text])
+        similarity = float(src @ cand)
+        ok = similarity >= self.min_similarity
+        return Verdict(ok, similarity, None if ok else "unfaithful")
