@@ -9,8 +9,12 @@ happens in text without punctuation, is cut into token windows as a last resort.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from datatrove.data import Document
 
 _PARAGRAPHS = re.compile(r"\n\s*\n|\n(?=\s*[-*•\d])")
 
@@ -65,3 +69,40 @@ def _pack(pieces: list[str], count: Callable[[str], int], budget: int) -> list[s
 
 def reassemble(parts: list[str]) -> str:
     return "\n\n".join(p.strip() for p in parts)
+
+
+@dataclass
+class Job:
+    """One chunk of one document for one prompt; `outcome` is {"rewrite": {...}} or {"failure": reason}."""
+
+    doc: Document
+    index: int
+    of: int
+    text: str
+    tokens: int
+    key: str = ""
+    outcome: dict | None = None
+
+
+def combine(parts: list[Job]) -> tuple[dict | None, tuple[str, str]]:
+    """A document's rewrite from its chunks' outcomes: all chunks rewritten -> (rewrite, ...); otherwise
+    (None, (reason, detail)) of the first chunk that was not."""
+    parts = sorted(parts, key=lambda j: j.index)
+    failed = next((j for j in parts if "rewrite" not in (j.outcome or {})), None)
+    if failed is not None:
+        outcome = failed.outcome or {"failure": "llm_error", "detail": "no outcome"}
+        where = f" (chunk {failed.index + 1}/{failed.of})" if failed.of > 1 else ""
+        return None, (outcome["failure"], (outcome.get("detail") or "") + where)
+    rewrites = [j.outcome["rewrite"] for j in parts]
+    first = rewrites[0]
+    rewrite = {
+        **first,
+        "text": reassemble([r["text"] for r in rewrites]),
+        "attempts": max(r["attempts"] for r in rewrites),
+        "output_tokens": sum(r["output_tokens"] for r in rewrites),
+        "chunks": len(rewrites),
+        "validators": first["validators"]
+        if len(rewrites) == 1
+        else json.dumps([json.loads(r["validators"]) for r in rewrites]),
+    }
+    return rewrite, ("", "")

@@ -17,7 +17,6 @@ import hashlib
 import json
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
 from rephrase.llm.checkpoint import GenerationLog, outcome_key
-from rephrase.llm.chunking import reassemble, split_document
+from rephrase.llm.chunking import Job, combine, split_document
 from rephrase.llm.prompts import Prompt
 from rephrase.llm.selection import select
 from rephrase.llm.validators import VALIDATORS, Validator
@@ -35,19 +34,6 @@ from rephrase.llm.validators import VALIDATORS, Validator
 
 def build_validators(configs: list[ValidatorConfig]) -> list[Validator]:
     return [VALIDATORS.build(c.use, **c.params) for c in configs]
-
-
-@dataclass
-class Job:
-    """One chunk of one document for one prompt; `outcome` is {"rewrite": {...}} or {"failure": reason}."""
-
-    doc: Document
-    index: int
-    of: int
-    text: str
-    tokens: int
-    key: str = ""
-    outcome: dict | None = None
 
 
 class RephraseStep(PipelineStep):
@@ -167,29 +153,14 @@ class RephraseStep(PipelineStep):
         by_doc: dict[int, list[Job]] = defaultdict(list)
         for job in jobs:
             by_doc[id(job.doc)].append(job)
-        for doc_jobs in by_doc.values():
-            doc, parts = doc_jobs[0].doc, sorted(doc_jobs, key=lambda j: j.index)
-            failed = next((j for j in parts if "rewrite" not in (j.outcome or {})), None)
-            if failed is not None:
-                outcome = failed.outcome or {"failure": "llm_error", "detail": "no outcome"}
-                where = f" (chunk {failed.index + 1}/{failed.of})" if failed.of > 1 else ""
-                self._fail(doc, prompt, outcome["failure"], (outcome.get("detail") or "") + where)
-                continue
-            self.stat_update("accepted")
-            rewrites = [j.outcome["rewrite"] for j in parts]
-            first = rewrites[0]
-            doc.metadata["rewrites"].append(
-                {
-                    **first,
-                    "text": reassemble([r["text"] for r in rewrites]),
-                    "attempts": max(r["attempts"] for r in rewrites),
-                    "output_tokens": sum(r["output_tokens"] for r in rewrites),
-                    "chunks": len(rewrites),
-                    "validators": first["validators"]
-                    if len(rewrites) == 1
-                    else json.dumps([json.loads(r["validators"]) for r in rewrites]),
-                }
-            )
+        for parts in by_doc.values():
+            doc = parts[0].doc
+            rewrite, failure = combine(parts)
+            if rewrite is None:
+                self._fail(doc, prompt, *failure)
+            else:
+                self.stat_update("accepted")
+                doc.metadata["rewrites"].append(rewrite)
 
     def _fail(self, doc: Document, prompt: Prompt, reason: str, detail: str | None = None) -> None:
         self.stat_update(f"failed_{reason.split(',')[0]}")
