@@ -56,6 +56,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rephrase.report_html import write_report
+
+    print(write_report(Path(args.out)))
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from rephrase.config import load_config
+    from rephrase.estimate import estimate, format_estimate
+
+    updates = _updates(args)
+    limit_all = updates.pop("input.limit_all", None)
+    cfg = load_config(args.config, args.overrides, updates)
+    if limit_all is not None:
+        for source in cfg.input.sources:
+            source.limit = limit_all
+    from_run = Path(args.from_run) if args.from_run else None
+    print(format_estimate(estimate(cfg, args.sample, args.tokens_per_s, from_run)))
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     from rephrase.hub import push_dataset
 
@@ -146,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-dir", default=str(REPO / "prompts"))
     p.add_argument("--model", default="bundled:smollm2-135m", help="model whose chat template is applied")
     p.set_defaults(func=cmd_prompts_render)
+
+    p = sub.add_parser("report", help="write OUT/report.html: funnel, scores, acceptance, lengths, 20 pairs")
+    p.add_argument("out", help="the run's output folder")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("estimate", help="predict filter pass rates, tokens and GPU-hours from a sample of the input")
+    p.add_argument("config")
+    p.add_argument("--sample", type=int, default=200, help="records read from each source (default 200)")
+    p.add_argument("--tokens-per-s", type=float, help="output tokens/s to assume (default: per engine class)")
+    p.add_argument("--from-run", help="an earlier run's OUT: use its measured output/input ratio")
+    _run_args(p)
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("push", help="upload OUT/dataset to the Hugging Face Hub (resumable, retries 429/5xx)")
     p.add_argument("out", help="the run's output folder (holds dataset/)")

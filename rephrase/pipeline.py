@@ -71,24 +71,35 @@ def resolve_input_path(cfg: Config, path: str) -> str:
     return cfg.resolve(path)
 
 
+def filter_steps(cfg: Config, ledger: str | None) -> list[tuple[str, PipelineStep]]:
+    """The CPU steps of curate between reading and the LLM, named; drops go to the ledger when `ledger` is set
+    (`rephrase estimate` runs them on a sample without one)."""
+
+    def writer(stage: str) -> LedgerWriter | None:
+        return LedgerWriter(ledger, stage) if ledger else None
+
+    steps: list[tuple[str, PipelineStep]] = []
+    if cfg.input.extract_html:
+        steps.append(("extract", ExtractHtml(timeout=cfg.input.extract_timeout_s)))
+    steps.append(("input", RecordCheck(cfg.input.max_doc_bytes, exclusion_writer=writer("input"))))
+    if cfg.language.enabled:
+        steps.append(("language", LanguageId(cfg.language.languages, cfg.language.threshold, writer("language"))))
+    for h in cfg.heuristics:
+        steps.append((h.use, build_heuristic(h.use, h.params, exclusion_writer=writer(h.use))))
+    if cfg.dedup.exact:
+        # before the LLM: a copy of a document is never rewritten twice (within a task; finalize catches the rest)
+        steps.append(("dedup", ExactDedup(exclusion_writer=writer("dedup"))))
+    steps.append(("quality", QualityScorer(cfg.quality.classifiers, cfg.quality.buckets)))
+    steps.append(("route", Router(cfg.routing.rules, exclusion_writer=writer("route"))))
+    return steps
+
+
 def curate_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
-    ledger = str(layout.work / "ledger" / "curate")
     readers = []
     for source in cfg.input.sources:
         readers += build_readers(source, resolve_input_path(cfg, source.path), source.limit, layout.work / "inputs")
     steps: list[PipelineStep] = [ReadSources(readers)]
-    if cfg.input.extract_html:
-        steps.append(ExtractHtml(timeout=cfg.input.extract_timeout_s))
-    steps.append(RecordCheck(cfg.input.max_doc_bytes, exclusion_writer=LedgerWriter(ledger, "input")))
-    if cfg.language.enabled:
-        steps.append(LanguageId(cfg.language.languages, cfg.language.threshold, LedgerWriter(ledger, "language")))
-    for h in cfg.heuristics:
-        steps.append(build_heuristic(h.use, h.params, exclusion_writer=LedgerWriter(ledger, h.use)))
-    if cfg.dedup.exact:
-        # before the LLM: a copy of a document is never rewritten twice (within a task; finalize catches the rest)
-        steps.append(ExactDedup(exclusion_writer=LedgerWriter(ledger, "dedup")))
-    steps.append(QualityScorer(cfg.quality.classifiers, cfg.quality.buckets))
-    steps.append(Router(cfg.routing.rules, exclusion_writer=LedgerWriter(ledger, "route")))
+    steps += [step for _, step in filter_steps(cfg, str(layout.work / "ledger" / "curate"))]
     prompt_names = {p for rule in cfg.routing.rules for p in rule.prompts}
     steps.append(
         RephraseStep(

@@ -121,8 +121,13 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
             "tokens_in": rephrase.get("n_tokens_in", 0),
             "tokens_out": rephrase.get("output_tokens", 0),
             "rejections": {k.removeprefix("rejected_"): v for k, v in rephrase.items() if k.startswith("rejected_")},
-            "failures": {k.removeprefix("failed_"): v for k, v in rephrase.items() if k.startswith("failed_")},
+            "failures": {
+                k.removeprefix("failed_"): v
+                for k, v in rephrase.items()
+                if k.startswith("failed_") and not k.startswith("failed_by_")
+            },
             "checked": {k.removeprefix("checked_"): v for k, v in rephrase.items() if k.startswith("checked_")},
+            "failed_by": {k.removeprefix("failed_by_"): v for k, v in rephrase.items() if k.startswith("failed_by_")},
             "resampled": rephrase.get("resampled", 0),
             "replayed_from_checkpoint": rephrase.get("replayed_from_checkpoint", 0),
         },

@@ -63,3 +63,13 @@ def test_unknown_validator_lists_known() -> None:
 
     with pytest.raises(ValueError, match=r"known: .*length_ratio"):
         VALIDATORS.build("lenght_ratio")
+
+
+def test_meta_commentary_seen_in_real_demo_output_is_caught() -> None:
+    # both strings were accepted rewrites of SmolLM2-135M in a demo run before these patterns existed
+    for chatter in (
+        "This is a rewritten version of the text. I have made changes to improve clarity.",
+        "I have now rewritten the text in the style of an encyclopedia.",
+    ):
+        pick = select(SOURCE, [c(REWRITE + "\n\n" + chatter)], validators())
+        assert not pick.accepted and pick.failures["meta_text"] == 1

@@ -229,8 +229,11 @@ class RephraseStep(PipelineStep):
                 pick = select(job.text, candidates, checks)
                 for reason, count in pick.failures.items():
                     self.stat_update(f"rejected_{reason}", value=count)
-                for name in pick.verdicts[0] if pick.verdicts else ():
-                    self.stat_update(f"checked_{name}", value=len(candidates))
+                for verdicts in pick.verdicts:
+                    for name, verdict in verdicts.items():
+                        self.stat_update(f"checked_{name}")
+                        if not verdict.ok:
+                            self.stat_update(f"failed_by_{name}")
                 reasons[job.key].update(pick.failures)
                 if pick.accepted:
                     chosen = candidates[pick.index]

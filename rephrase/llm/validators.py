@@ -75,6 +75,9 @@ _META_PATTERNS = [
     r"\bi (cannot|can't|can not|am unable to|won't) (help|assist|rewrite|provide|comply|do that)",
     r"\b(rewritten|rephrased) (text|version)\s*:",
     r"\bi hope this helps\b",
+    r"\bthis is (a|the|my) (rewritten|rephrased|revised) (version|text)",
+    r"\bi have (now )?(rewritten|rephrased|made (some )?changes|revised)",
+    r"\b(in this|the) (rewritten|rephrased) (text|version)\b",
     r"\blet me know if\b",
     r"<\|im_(start|end)\|>",
 ]

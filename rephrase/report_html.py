@@ -1,0 +1,331 @@
+"""`rephrase report OUT`: one self-contained HTML page (`OUT/report.html`) showing what a finished run did.
+
+It reads only what a run leaves behind (stats.json, the ledger, work/docs and datatrove's task logs), so a report
+can be made for any finished run, later and elsewhere. Charts are inline SVG whose geometry is computed here
+(pixels in Python) and emitted by the Jinja template with autoescape on: no script and no CDN, so the page opens
+offline and prints or screenshots the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections import Counter, defaultdict
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+
+import jinja2
+import pyarrow.parquet as pq
+
+PAIRS, BINS = 20, 20
+Span = tuple[float, float]
+# Where a stage sits in the funnel; heuristics (named by their config `use`) take the "*" slot.
+STAGE_ORDER = ("input", "language", "*", "dedup", "route", "rephrase", "final dedup", "near_dedup", "mix")
+COLORS = {"drop": "#c8553d", "keep": "#4f6d7a", "rephrase": "#2a9d8f", "none": "#b0b7bf"}  # by routing action
+W, H, LEFT, RIGHT, TOP, BOTTOM = 560, 230, 56, 16, 14, 44
+_SYMBOLS = re.compile(r"[^\w\s:./()-]")  # datatrove's emoji step icons: fonts without them draw boxes
+_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \|", re.MULTILINE)  # loguru's line prefix
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 x 10^k apart) inside [lo, hi]."""
+    raw = (hi - lo) / n if hi > lo else 1.0
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 5, 10) if raw <= step * m)
+    return [i * step for i in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+
+
+def _fmt(v: float) -> str:
+    return f"{v / 1000:g}k" if abs(v) >= 10_000 else f"{v:g}"
+
+
+class Plot:
+    """One SVG chart in pixel units: axes with ticks, then shapes (`rect`, `line`, `dot`, `text`) and a legend."""
+
+    def __init__(self, x: Span, y: Span, labels: tuple[str, str], log_x: bool = False, h: int = H) -> None:
+        self.w, self.h, self.log_x = W, h, log_x
+        self.shapes: list[dict] = []
+        self.legend: list[tuple[str, str]] = []
+        self._x = (math.log10(x[0]), math.log10(x[1])) if log_x else x
+        self._y = y
+        bottom = h - BOTTOM
+        for t in _ticks(*y) if labels[1] else []:  # no y label (the timeline): no y axis
+            self.line(LEFT, self.y(t), W - RIGHT, self.y(t), "grid")
+            self.text(LEFT - 6, self.y(t) + 4, _fmt(t), "end")
+        for t in [10**e for e in _ticks(*self._x, n=4) if e == int(e)] if log_x else _ticks(*x):
+            self.text(self.x(t), bottom + 16, _fmt(t))
+        self.line(LEFT, bottom, W - RIGHT, bottom, "axis")
+        self.text((LEFT + W - RIGHT) / 2, h - 6, labels[0], cls="label")
+        self.text(14, TOP + (bottom - TOP) / 2, labels[1], cls="ylabel")
+
+    def line(self, x1: float, y1: float, x2: float, y2: float, cls: str) -> None:
+        self.shapes.append({"kind": "line", "x1": x1, "y1": y1, "x2": x2, "y2": y2, "cls": cls})
+
+    def rect(self, x: float, y: float, w: float, h: float, fill: str, tip: str) -> None:
+        self.shapes.append({"kind": "rect", "x": x, "y": y, "w": w, "h": h, "fill": fill, "tip": tip})
+
+    def text(self, x: float, y: float, s: str, anchor: str = "middle", cls: str = "tick") -> None:
+        self.shapes.append({"kind": "text", "x": x, "y": y, "s": s, "anchor": anchor, "cls": cls})
+
+    def x(self, v: float) -> float:
+        lo, hi = self._x
+        v = math.log10(max(v, 10**lo)) if self.log_x else v
+        return round(LEFT + (v - lo) / ((hi - lo) or 1) * (W - LEFT - RIGHT), 1)
+
+    def y(self, v: float) -> float:
+        lo, hi = self._y
+        return round(self.h - BOTTOM - (v - lo) / ((hi - lo) or 1) * (self.h - BOTTOM - TOP), 1)
+
+
+def histogram(
+    series: dict[str, list[float]], colors: dict, xlabel: str, stacked: bool, span: Span | None = None
+) -> Plot | None:
+    """Stacked (parts of one population) or side-by-side (populations compared) bars; log x when values span 30x."""
+    series = {name: values for name, values in series.items() if values}
+    if not series:
+        return None
+    lo, hi = span or (min(min(v) for v in series.values()), max(max(v) for v in series.values()))
+    hi = max(hi, lo + 1)
+    log = lo > 0 and hi / lo > 30
+    edges = [
+        10 ** (math.log10(lo) + math.log10(hi / lo) * i / BINS) if log else lo + (hi - lo) * i / BINS
+        for i in range(BINS + 1)
+    ]
+    counts = {
+        name: Counter(min(sum(v >= e for e in edges[1:-1]), BINS - 1) for v in vs) for name, vs in series.items()
+    }
+    heights = [(sum if stacked else max)(c[i] for c in counts.values()) for i in range(BINS)]
+    plot = Plot((lo, hi), (0, max(heights) * 1.08), (xlabel, "documents"), log_x=log)
+    for i in range(BINS):
+        x0, x1, base = plot.x(edges[i]) + 0.5, plot.x(edges[i + 1]) - 0.5, 0
+        part = (x1 - x0) if stacked else (x1 - x0) / len(counts)
+        for j, (name, c) in enumerate(counts.items()):
+            if c[i]:
+                top, xa = (base + c[i], x0) if stacked else (c[i], x0 + j * part)
+                tip = f"{name}: {c[i]} in [{edges[i]:.3g}, {edges[i + 1]:.3g})"
+                plot.rect(xa, plot.y(top), max(part, 0.5), plot.y(top - c[i]) - plot.y(top), colors[name], tip)
+                base += c[i] if stacked else 0
+    plot.legend = [(f"{name} ({len(vs)})", colors[name]) for name, vs in series.items()]
+    return plot
+
+
+def scatter(points: list[tuple[float, float]], labels: tuple[str, str], cap: int | None) -> Plot | None:
+    """Rewrite length against source length, with y = x and the generation cap drawn for reference."""
+    if not points:
+        return None
+    hi = max(max(p) for p in points) * 1.05
+    plot = Plot((0, hi), (0, hi), labels)
+    plot.line(plot.x(0), plot.y(0), plot.x(hi), plot.y(hi), "ref")
+    plot.text(plot.x(hi) - 4, plot.y(hi) + 14, "y = x", "end", "note")
+    if cap and cap < hi:
+        plot.line(plot.x(0), plot.y(cap), plot.x(hi), plot.y(cap), "cap")
+        plot.text(plot.x(0) + 4, plot.y(cap) - 4, f"max_tokens {cap}", "start", "note")
+    plot.shapes += [{"kind": "dot", "x": plot.x(a), "y": plot.y(b), "tip": f"{a:g} -> {b:g}"} for a, b in points]
+    return plot
+
+
+def timeline(tasks: list[dict]) -> Plot | None:
+    """Each datatrove task as a bar on the wall clock, labelled with its LLM output throughput."""
+    if not tasks:
+        return None
+    t0 = min(t["start"] for t in tasks)
+    end = max((t["end"] - t0).total_seconds() for t in tasks) or 1.0
+    h = BOTTOM + TOP + 34 * len(tasks)
+    plot = Plot((0, end * 1.02), (0, len(tasks)), ("seconds since the first task started", ""), h=h)
+    for i, t in enumerate(tasks):
+        y0, y1 = plot.y(len(tasks) - i) + 4, plot.y(len(tasks) - i - 1) - 4
+        a, b = plot.x((t["start"] - t0).total_seconds()), plot.x((t["end"] - t0).total_seconds())
+        fill = COLORS["rephrase" if t["stage"] == "curate" else "keep"]  # the LLM runs in curate
+        plot.rect(a, y0, max(b - a, 1.5), y1 - y0, fill, t["label"])
+        label, mid = f"{t['label']} · {t['note']}", (y0 + y1) / 2 + 4
+        if b - a > 230:  # the label fits inside the bar, else it goes on the side with more room
+            plot.text(a + 6, mid, label, "start", "barlabel")
+        else:
+            plot.text(*((b + 6, mid, label, "start") if b < W / 2 else (a - 6, mid, label, "end")), cls="label")
+    return plot
+
+
+def _total(v: dict | float | None) -> float:
+    return (v.get("total", 0) if isinstance(v, dict) else v) or 0
+
+
+def _tasks(out: Path) -> list[dict]:
+    """Wall-clock spans from the timestamps of datatrove's task logs: one per curate task (with its LLM output
+    throughput) and one per later stage (rows, minhash/*, finalize), whose many short tasks say little one by one."""
+    spans, later = [], defaultdict(list)
+    for log in (out / "logs").glob("**/logs/task_*.log"):
+        if not (stamps := _LOG_TIME.findall(log.read_text(errors="replace"))):
+            continue
+        stage_dir, rank = log.parent.parent, int(log.stem.removeprefix("task_"))
+        start, end = datetime.fromisoformat(stamps[0]), datetime.fromisoformat(stamps[-1])
+        stage = stage_dir.relative_to(out / "logs").as_posix()
+        if stage != "curate":
+            later[stage].append((start, end))
+            continue
+        stats_file = stage_dir / "stats" / f"{rank:05d}.json"
+        steps = json.loads(stats_file.read_text()) if stats_file.is_file() else []  # absent while a task runs
+        llm = next((s["stats"] for s in steps if s["name"].endswith("rephrase")), {})
+        note = f"{(end - start).total_seconds():.1f} s"
+        if secs := _total(llm.get("generate_seconds")):
+            note += f" · {_total(llm.get('output_tokens')) / secs:,.0f} out tok/s"
+        spans.append({"stage": stage, "label": f"curate task {rank}", "start": start, "end": end, "note": note})
+    for stage, times in later.items():
+        start, end = min(t[0] for t in times), max(t[1] for t in times)
+        note = f"{len(times)} task{'s' * (len(times) > 1)} · {(end - start).total_seconds():.1f} s"
+        spans.append({"stage": stage, "label": stage, "start": start, "end": end, "note": note})
+    return sorted(spans, key=lambda t: (t["start"], t["label"]))
+
+
+def _funnel(ledger: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Records left after each stage that dropped any, and drops per (stage, reason), in pipeline order."""
+
+    def stage_of(row: dict) -> str:  # the ledger names both dedups `dedup`; only the final one's rows have an action
+        return "final dedup" if row["stage"] == "dedup" and row["action"] else row["stage"]
+
+    def order(stage: str) -> int:
+        return STAGE_ORDER.index(stage if stage in STAGE_ORDER else "*")
+
+    dropped = [r for r in ledger if r["fate"] == "dropped"]
+    drops, by_stage = Counter((stage_of(r), r["reason"]) for r in dropped), Counter(stage_of(r) for r in dropped)
+    funnel, left = [{"stage": "records read", "dropped": 0, "left": len(ledger)}], len(ledger)
+    for stage in sorted(by_stage, key=order):
+        left -= by_stage[stage]
+        funnel.append({"stage": f"after {stage}", "dropped": by_stage[stage], "left": left})
+    ordered = sorted(drops.items(), key=lambda d: (order(d[0][0]), -d[1]))
+    return funnel, [{"stage": s, "reason": r, "n": n} for (s, r), n in ordered]
+
+
+def _scores(raw: str | None) -> dict[str, float]:
+    """A rewrite's validator scores; for a chunked rewrite the lowest chunk score, the one that bound."""
+    parsed = json.loads(raw) if raw else {}
+    if isinstance(parsed, list):
+        return {k: min(p[k] for p in parsed if k in p) for k in {k for p in parsed for k in p}}
+    return parsed
+
+
+def _summary(values: list[float]) -> dict:
+    q = sorted(values)
+    if not q:
+        return {"n": 0}
+    return {
+        "n": len(q),
+        "min": q[0],
+        "median": statistics.median(q),
+        "mean": statistics.fmean(q),
+        "p90": q[int(0.9 * (len(q) - 1))],
+        "max": q[-1],
+    }
+
+
+def _quality(ledger: list[dict], docs: list[dict]) -> dict:
+    """Scores by routing action; one histogram per classifier when several scored (from documents that reached the
+    LLM stage: the ledger keeps only the mean score of dropped ones)."""
+    scored = defaultdict(list)
+    for r in ledger:
+        if r["quality_score"] is not None:
+            scored[r["action"] or "none"].append(r["quality_score"])
+    names = sorted(
+        {k for d in docs for k in d["meta"] if k.startswith("quality_")} - {"quality_score", "quality_bucket"}
+    )
+    per = {n: [d["meta"][n] for d in docs if n in d["meta"]] for n in names} if len(names) > 1 else {}
+    return {
+        "quality": histogram(dict(sorted(scored.items())), COLORS, "quality score", True, (0, 1)),
+        "by_action": [(action, _summary(v)) for action, v in sorted(scored.items())],
+        "classifiers": [n.removeprefix("quality_") for n in names],
+        "per_classifier": [
+            (n.removeprefix("quality_"), histogram({n: v}, {n: COLORS["keep"]}, n, True, (0, 1)))
+            for n, v in per.items()
+        ],
+    }
+
+
+def _generation(docs: list[dict], llm: dict) -> dict:
+    """Per-prompt outcomes, validator checks and rejections, length charts and the shown original/rewrite pairs."""
+    pairs, scores = [], defaultdict(list)
+    prompts = defaultdict(lambda: {"accepted": 0, "failed": 0, "attempts": [], "reasons": Counter()})
+    for d in docs:
+        for rw in d["meta"].get("rewrites", []):
+            pair = {"id": d["id"], "original": d["text"], "tokens_in": d["meta"].get("n_tokens"), "rw": rw}
+            pairs.append(pair | {"scores": _scores(rw.get("validators"))})
+            prompts[rw["prompt"]]["accepted"] += 1
+            prompts[rw["prompt"]]["attempts"].append(rw.get("attempts", 1))
+            for name, score in pairs[-1]["scores"].items():
+                scores[name].append(score)
+        for fail in d["meta"].get("rephrase_failures", []):
+            prompts[fail["prompt"]]["failed"] += 1
+            prompts[fail["prompt"]]["reasons"].update(fail["reason"].split(","))
+    originals = [d["meta"]["n_tokens"] for d in docs if d["meta"].get("action") == "rephrase"]
+    rewrites = [p["rw"]["output_tokens"] for p in pairs]
+    lengths = {"originals routed to rephrase": originals, "accepted rewrites": rewrites}
+    colors = dict(zip(lengths, (COLORS["keep"], COLORS["rephrase"]), strict=True))
+    cap = next((json.loads(p["rw"]["sampling"]).get("max_tokens") for p in pairs if p["rw"].get("sampling")), None)
+    checked = llm.get("checked", {})
+    step = max(1.0, len(pairs) / PAIRS)
+    return {
+        "pairs": [pairs[int(i * step)] for i in range(min(PAIRS, len(pairs)))],
+        "n_pairs": len(pairs),
+        "prompts": [
+            {"name": k, **v, "attempts": statistics.fmean(v["attempts"]) if v["attempts"] else None}
+            for k, v in sorted(prompts.items())
+        ],
+        "validators": [
+            {"name": k, "checked": checked.get(k), "median": statistics.median(scores[k]) if scores[k] else None}
+            for k in sorted(set(checked) | set(scores))
+        ],
+        "rejections": sorted(llm.get("rejections", {}).items(), key=lambda kv: -kv[1]),
+        "lengths": histogram(lengths, colors, "tokens (model tokenizer)", stacked=False),
+        "len_summary": {"originals": _summary(originals), "rewrites": _summary(rewrites)},
+        "ratio": scatter(
+            [(p["tokens_in"], p["rw"]["output_tokens"]) for p in pairs if p["rw"].get("chunks", 1) == 1],
+            ("original tokens", "rewrite tokens"),
+            cap,
+        ),
+    }
+
+
+def collect(out: Path) -> dict:
+    """Everything the template shows, as plain data."""
+    stats = json.loads((out / "stats.json").read_text())
+    ledger = pq.read_table(out / "ledger" / "ledger.parquet").to_pylist()
+    docs = []
+    for f in sorted((out / "work" / "docs").glob("*.parquet")):
+        docs += [{**r, "meta": json.loads(r["meta"])} for r in pq.read_table(f).to_pylist()]
+    funnel, drops = _funnel(ledger)
+    llm = stats["llm"]
+    rephrase = next((v for k, v in stats["stages"]["curate"].items() if k.endswith("rephrase")), {})
+    return {
+        "stats": stats,
+        "llm": llm,
+        "colors": COLORS,
+        "out": str(out),
+        "generated": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "records": len(ledger),
+        "funnel": funnel,
+        "drops": drops,
+        **_quality(ledger, docs),
+        "gen_s": rephrase.get("generate_seconds", 0),
+        "tasks": timeline(_tasks(out)),
+        "steps": [
+            (group, _SYMBOLS.sub("", name).strip(), counters.get("wall_time_s", 0))
+            for group, steps in stats["stages"].items()
+            for name, counters in steps.items()
+        ],
+        **_generation(docs, llm),
+    }
+
+
+def write_report(out: Path) -> Path:
+    """Render `out/report.html` from a finished run's folder and return its path."""
+    out = Path(out)
+    if not (out / "stats.json").is_file():
+        raise FileNotFoundError(f"{out} has no stats.json: not a finished rephrase run (run `rephrase run` first)")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v, d=0: "–" if v is None else f"{v:,.{d}f}"
+    env.filters["pct"] = lambda a, b: "–" if not b else f"{100 * a / b:.1f}%"
+    template = env.from_string((files("rephrase") / "templates" / "report.html.j2").read_text(encoding="utf-8"))
+    target = out / "report.html"
+    target.write_text(template.render(**collect(out)), encoding="utf-8")
+    return target
