@@ -1,0 +1,273 @@
+"""LLM stage throughput: rephrase's RephraseStep against raw vLLM offline, on the same prompts, engine and machine.
+
+Prompts: English Wikipedia leads from the bundled sample (rephrase.sample_data) rendered with the `wikipedia`
+prompt from prompts/. One `vllm.LLM` is built once (through rephrase.llm.engine.VLLMEngine, so both paths see the
+same engine arguments, seed and CPU environment) and shared:
+  raw vLLM   `llm.chat(conversations, SamplingParams(n, temperature, top_p, max_tokens))`, one call, our code unused
+  rephrase   RephraseStep.run over datatrove Documents routed to `rephrase` (tokenizer, chunking, prompt render,
+             engine.generate, the default validators, selection, checkpoint log), fresh checkpoint dir per run;
+             `max_output_ratio=None` and `resample_rounds=0` so it asks for exactly the raw path's work
+Output tokens: raw = sum of len(token_ids) over every candidate; rephrase = the step's `output_tokens` stat. The
+paths sample different random streams, so their token counts differ a little: compare tok/s, not seconds. The
+rephrase column's time includes loading the tokenizer and validator models each run, as a real task does;
+"engine s" is the part spent inside engine.generate. Runs alternate (raw, rephrase n, rephrase n=1, raw n=1) and
+repeat; medians are printed. On a shared machine, trust the ratios more than the absolute figures.
+
+    python scripts/bench_llm.py                                   # 32 leads, 128 new tokens, n=4, 3 repeats
+    python scripts/bench_llm.py --docs 16 --max-tokens 96 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    path: str
+    n: int
+    seconds: float
+    output_tokens: int
+    engine_seconds: float | None = None
+    accepted: int | None = None
+
+    @property
+    def tok_s(self) -> float:
+        return self.output_tokens / self.seconds
+
+
+def english_leads(count: int) -> list[dict]:
+    from rephrase.sample_data import ensure_sample
+
+    rows = [json.loads(line) for line in (ensure_sample() / "wiki.jsonl").read_text().splitlines() if line.strip()]
+    leads = [r for r in rows if r.get("lang") == "en"][:count]
+    if len(leads) < count:
+        raise SystemExit(f"--docs {count}: the bundled sample has only {len(leads)} English leads")
+    return leads
+
+
+def run_raw(llm, conversations: list, args: argparse.Namespace, n: int) -> Run:
+    from vllm import SamplingParams
+
+    params = SamplingParams(n=n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
+    start = time.perf_counter()
+    outputs = llm.chat(conversations, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    return Run("raw vLLM", n, seconds, sum(len(o.token_ids) for out in outputs for o in out.outputs))
+
+
+def run_rephrase(engine, leads: list[dict], prompt, args: argparse.Namespace, n: int, max_tokens: int) -> Run:
+    from datatrove.data import Document
+
+    from rephrase.config import LLMConfig, RephraseConfig, SamplingConfig
+    from rephrase.llm.stage import RephraseStep
+
+    defaults = RephraseConfig()
+    sampling = SamplingConfig(
+        n=n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=max_tokens,
+        max_output_ratio=None,
+        resample_rounds=0,
+    )
+    docs = [
+        Document(
+            text=r["text"], id=r["id"], metadata={"record": r["id"], "action": "rephrase", "prompts": ["wikipedia"]}
+        )
+        for r in leads
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-llm-ckpt-") as checkpoint_dir:
+        step = RephraseStep(
+            llm=LLMConfig(engine="vllm", model=args.model, engine_args=engine_args(args)),
+            sampling=sampling,
+            prompts={"wikipedia": prompt},
+            validators=defaults.validators,
+            batch_size=len(docs),  # one engine call, as the raw path makes
+            chunk_tokens=defaults.chunk_tokens,
+            max_doc_tokens=defaults.max_doc_tokens,
+            seed=args.seed,
+            checkpoint_dir=checkpoint_dir,
+        )
+        step._engine = lambda: engine  # share the loaded engine instead of a second 40 s start
+        start = time.perf_counter()
+        for _ in step.run(iter(docs)):
+            pass
+        seconds = time.perf_counter() - start
+    stats = step.stats
+    if stats["chunks"].total != len(docs):
+        raise SystemExit(f"{stats['chunks'].total} chunks for {len(docs)} docs: the work differs from the raw path")
+    return Run(
+        "rephrase",
+        n,
+        seconds,
+        int(stats["output_tokens"].total),
+        engine_seconds=stats["generate_seconds"].total,
+        accepted=int(stats["accepted"].total),
+    )
+
+
+def engine_args(args: argparse.Namespace) -> dict:
+    return {"dtype": args.dtype, "enforce_eager": args.enforce_eager, "max_model_len": args.max_model_len}
+
+
+def run_datatrove(server_url: str, model: str, leads: list[dict], prompt, args: argparse.Namespace, n: int) -> Run:
+    """datatrove's InferenceRunner against a running vLLM OpenAI server: n rollouts = n requests per document."""
+    from datatrove.data import Document
+    from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+    from datatrove.pipeline.writers import JsonlWriter
+
+    async def rollout(doc: Document, generate):
+        result = await generate({"messages": prompt.messages(doc.text)})
+        return result.text
+
+    params = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
+    docs = [Document(text=r["text"], id=r["id"]) for r in leads]
+    with tempfile.TemporaryDirectory(prefix="bench-llm-dt-") as out:
+        config = InferenceConfig(
+            server_type="endpoint",
+            model_name_or_path=model,
+            endpoint_url=server_url,
+            model_max_context=args.max_model_len,
+            default_generation_params=params,
+            rollouts_per_document=n,
+            metric_interval=3600,
+        )
+        runner = InferenceRunner(rollout, config, JsonlWriter(out))
+        start = time.perf_counter()
+        runner.run(iter(docs))
+        seconds = time.perf_counter() - start
+    done = int(runner.stats["successful_requests"].total)
+    if done != n * len(docs):
+        raise SystemExit(f"datatrove runner: {done} of {n * len(docs)} requests succeeded")
+    return Run("datatrove runner", n, seconds, int(runner.stats["completion_tokens"].total))
+
+
+def datatrove_runs(
+    model: str, leads: list[dict], prompt, args: argparse.Namespace
+) -> dict[tuple[str, int], list[Run]]:
+    """(d): only with --datatrove and when datatrove's inference runner imports; starts its own vLLM server."""
+    try:
+        from datatrove.pipeline.inference.run_inference import InferenceRunner  # noqa: F401
+    except ImportError as e:
+        print(f"datatrove inference runner: skipped (not installed: {e})")
+        return {}
+    if not args.datatrove:
+        print("datatrove inference runner: skipped (installed; pass --datatrove to start a vLLM server and run it)")
+        return {}
+    from rephrase.llm.server import VLLMServer
+
+    runs: dict[tuple[str, int], list[Run]] = {("datatrove runner", args.n): [], ("datatrove runner", 1): []}
+    with VLLMServer(model, served_model_name=model, engine_args=engine_args(args), seed=args.seed) as server:
+        run_datatrove(server.base_url, model, leads[:2], prompt, args, 1)  # warm-up
+        for repeat in range(1, args.repeats + 1):
+            for key in runs:
+                run = run_datatrove(server.base_url, model, leads, prompt, args, key[1])
+                runs[key].append(run)
+                print(f"  repeat {repeat} {run.path} n={run.n}: {run.output_tokens} tok in {run.seconds:.1f} s")
+    return runs
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median throughput (the lower middle one for an even count), so its columns agree."""
+    ordered = sorted(runs, key=lambda r: r.tok_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=32, help="English Wikipedia leads (bundled sample has 120)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per candidate")
+    parser.add_argument("--n", type=int, default=4, help="candidates per document; also compared with n=1")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="bundled:smollm2-135m", help="resolved by rephrase.models.resolve_model")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0, help="engine seed (vLLM is seeded once, at start)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
+    parser.add_argument("--datatrove", action="store_true", help="also run datatrove's inference runner (a server)")
+    args = parser.parse_args()
+
+    from rephrase.llm.engine import VLLMEngine, cpu_env_defaults, render
+    from rephrase.llm.prompts import load_prompts
+    from rephrase.models import resolve_model
+
+    cpu_env_defaults()  # VLLM_CPU_NUM_OF_RESERVED_CPU=0, VLLM_CPU_KVCACHE_SPACE=2 unless set (CPU only)
+    leads = english_leads(args.docs)
+    prompt = load_prompts(REPO / "prompts")["wikipedia"]
+    conversations = [prompt.messages(r["text"]) for r in leads]
+
+    start = time.perf_counter()
+    engine = VLLMEngine(resolve_model(args.model), engine_args=engine_args(args), seed=args.seed)
+    init_s = time.perf_counter() - start
+    engine.close = lambda: None  # RephraseStep closes its engine after each run; this one is shared
+
+    prompt_tokens = sum(render(engine.tokenizer, conversations)[1])
+    print(f"engine init {init_s:.1f} s; {args.docs} docs, {prompt_tokens / args.docs:.0f} prompt tokens/doc")
+
+    # warm-up (not timed): first calls compile kernels, load the validators' models from disk
+    run_raw(engine.llm, conversations[:2], args, 1)
+    run_rephrase(engine, leads[:2], prompt, args, 1, max_tokens=16)
+
+    plan = [("raw", args.n), ("rephrase", args.n), ("rephrase", 1), ("raw", 1)]
+    runs: dict[tuple[str, int], list[Run]] = {key: [] for key in plan}
+    for repeat in range(1, args.repeats + 1):
+        for path, n in plan:
+            if path == "raw":
+                run = run_raw(engine.llm, conversations, args, n)
+            else:
+                run = run_rephrase(engine, leads, prompt, args, n, max_tokens=args.max_tokens)
+            runs[path, n].append(run)
+            print(f"  repeat {repeat} {run.path} n={n}: {run.output_tokens} tok in {run.seconds:.1f} s", flush=True)
+
+    engine.llm.llm_engine.engine_core.shutdown()  # free its memory and cores before a server starts
+    runs.update(datatrove_runs(engine.model, leads, prompt, args))
+
+    header = "| path | n | out tokens | seconds | out tok/s | engine s | accepted | all runs tok/s |"
+    print(f"\n{header}\n|---|---|---|---|---|---|---|---|")
+    best: dict[tuple[str, int], Run] = {}
+    for key in runs:
+        r = best[key] = median_run(runs[key])
+        extra = f"{r.engine_seconds:.1f} | {r.accepted}/{args.docs}" if r.engine_seconds is not None else "- | -"
+        every = ", ".join(f"{x.tok_s:.1f}" for x in runs[key])
+        print(f"| {r.path} | {r.n} | {r.output_tokens} | {r.seconds:.1f} | {r.tok_s:.1f} | {extra} | {every} |")
+
+    def med(key: tuple[str, int], attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in runs[key])
+
+    print()
+    for n in dict.fromkeys((args.n, 1)):
+        ratio = med(("rephrase", n), "tok_s") / med(("raw", n), "tok_s")
+        print(f"rephrase / raw vLLM, n={n}: {ratio:.2f}x output tok/s (median)")
+    if args.n != 1:
+        for path in ("rephrase", "raw"):
+            ratio = med((path, args.n), "seconds") / med((path, 1), "seconds")
+            target = " (target <= 2.5x)" if path == "rephrase" else ""
+            print(f"{path}: n={args.n} / n=1 time: {ratio:.2f}x{target}")
+    if ("datatrove runner", args.n) in runs:
+        for n in dict.fromkeys((args.n, 1)):
+            ratio = med(("rephrase", n), "tok_s") / med(("datatrove runner", n), "tok_s")
+            print(f"rephrase / datatrove runner, n={n}: {ratio:.2f}x output tok/s (median)")
+    print(
+        f"\nsettings: model {args.model}, {args.dtype}, enforce_eager={args.enforce_eager}, "
+        f"max_model_len {args.max_model_len}, T={args.temperature}, top_p={args.top_p}, max_tokens {args.max_tokens}, "
+        f"repeats {args.repeats}; {platform.machine()} {os.cpu_count()} CPUs; "
+        f"VLLM_CPU_NUM_OF_RESERVED_CPU={os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU')}, "
+        f"VLLM_CPU_KVCACHE_SPACE={os.environ.get('VLLM_CPU_KVCACHE_SPACE')}"
+    )
+
+
+if __name__ == "__main__":
+    main()
