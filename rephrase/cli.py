@@ -40,10 +40,9 @@ def _updates(args: argparse.Namespace) -> dict:
     return updates
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    """The config named on the command line with --input/--output/--limit/--set applied."""
     from rephrase.config import load_config
-    from rephrase.report import print_summary
-    from rephrase.run import run_config
 
     updates = _updates(args)
     limit_all = updates.pop("input.limit_all", None)
@@ -51,6 +50,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if limit_all is not None:
         for source in cfg.input.sources:
             source.limit = limit_all
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rephrase.report import print_summary
+    from rephrase.run import run_config
+
+    cfg = _config(args)
     result = run_config(cfg)
     print_summary(result)
     return 0
@@ -64,15 +71,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from rephrase.config import load_config
     from rephrase.estimate import estimate, format_estimate
 
-    updates = _updates(args)
-    limit_all = updates.pop("input.limit_all", None)
-    cfg = load_config(args.config, args.overrides, updates)
-    if limit_all is not None:
-        for source in cfg.input.sources:
-            source.limit = limit_all
+    cfg = _config(args)
     from_run = Path(args.from_run) if args.from_run else None
     print(format_estimate(estimate(cfg, args.sample, args.tokens_per_s, from_run)))
     return 0
