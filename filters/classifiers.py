@@ -1,9 +1,12 @@
-"""fastText quality scoring: every document keeps each classifier's score and a quality bucket.
+"""fastText quality scoring: every document keeps each classifier's score, an ensemble quality_score and a bucket.
 
 The score is the probability of the classifier's positive label, computed on the same normalised text the
 classifier was trained on (`filters.train.normalize_for_fasttext`); a mismatch there silently ruins the scores.
-With several classifiers the document's `quality_score` is their mean (the Nemotron-CC percentile ensemble is
-the planned replacement). Buckets cut [0, 1] into equal slices so routing rules can name them.
+Raw probabilities of different classifiers are not comparable (one may put most web text near 0.1, another near
+0.6), so with `scale: percentile` each score is first turned into its percentile rank among a calibration sample
+of the run's own input (filters/calibration.py), as Nemotron-CC does before taking the max over its classifiers.
+The ensemble (mean or max) is `quality_score` in [0, 1]; buckets cut it into equal slices routing rules can name,
+which under percentile scaling means buckets of about equal document counts.
 """
 
 from __future__ import annotations
@@ -32,42 +35,87 @@ def resolve_classifier_path(path: str) -> str:
     return path
 
 
+HISTOGRAM_BINS = 20
+
+
 class QualityScorer(PipelineStep):
     name = "quality"
     type = "📊 - SCORER"
 
-    def __init__(self, classifiers: list[ClassifierConfig], buckets: int) -> None:
+    def __init__(
+        self,
+        classifiers: list[ClassifierConfig],
+        buckets: int,
+        ensemble: str = "mean",
+        calibration: str | None = None,
+    ) -> None:
+        """`calibration`: a file written by filters.calibration; without it scores are used as they are."""
         super().__init__()
         self.classifiers = [(c.name, resolve_classifier_path(c.path), c.label) for c in classifiers]
-        self.buckets = buckets
+        self.buckets, self.ensemble, self.calibration = buckets, ensemble, calibration
         self._models = None
+        self._ranks = None
 
     def _load(self) -> list:
         import fasttext
 
         if self._models is None:
             self._models = [(name, fasttext.load_model(path), label) for name, path, label in self.classifiers]
+            if self.calibration:
+                from filters.percentiles import load_ranks
+
+                self._ranks = load_ranks(self.calibration, self.classifiers)
         return self._models
 
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        models = self._load()
-        if not models:
-            yield from data
-            return
+    def raw_scores(self, text: str) -> dict[str, float]:
+        """Each classifier's probability of its positive label on the normalised text."""
         from filters.train import normalize_for_fasttext
 
+        normalized = normalize_for_fasttext(text)
+        scores = {}
+        for name, model, label in self._load():
+            labels, probs = model.predict(normalized, k=-1)
+            scores[name] = float(dict(zip(labels, probs, strict=True)).get(label, 0.0))
+        return scores
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if not self._load():
+            yield from data
+            return
+        combine = max if self.ensemble == "max" else (lambda values: sum(values) / len(values))
         for doc in data:
             self.stat_update("total")
             with self.track_time():
-                text = normalize_for_fasttext(doc.text)
-                scores = {}
-                for name, model, label in models:
-                    labels, probs = model.predict(text, k=-1)
-                    scores[name] = float(dict(zip(labels, probs, strict=True)).get(label, 0.0))
-                    doc.metadata[f"quality_{name}"] = round(scores[name], 6)
-                score = sum(scores.values()) / len(scores)
+                scores = self.raw_scores(doc.text)
+                scaled = {}
+                for name, score in scores.items():
+                    doc.metadata[f"quality_{name}"] = round(score, 6)
+                    self.stat_update(f"hist_{name}_{min(int(score * HISTOGRAM_BINS), HISTOGRAM_BINS - 1):02d}")
+                    scaled[name] = self._ranks[name](score) if self._ranks else score
+                    if self._ranks:
+                        doc.metadata[f"quality_{name}_pct"] = round(scaled[name], 6)
+                score = combine(list(scaled.values()))
                 bucket = min(int(score * self.buckets), self.buckets - 1)
                 doc.metadata["quality_score"] = round(score, 6)
                 doc.metadata["quality_bucket"] = bucket
             self.stat_update(f"bucket_{bucket:02d}")
             yield doc
+
+
+def quality_summary(counters: dict, classifiers: list[ClassifierConfig], scale: str, ensemble: str) -> dict:
+    """The scorer's counters as stats.json wants them: a histogram of each classifier's raw score (HISTOGRAM_BINS
+    equal bins over [0, 1]) and documents per ensemble bucket."""
+    edges = [round(i / HISTOGRAM_BINS, 4) for i in range(HISTOGRAM_BINS + 1)]
+    return {
+        "scale": scale,
+        "ensemble": ensemble,
+        "scored": counters.get("total", 0),
+        "buckets": {int(k[7:]): v for k, v in sorted(counters.items()) if k.startswith("bucket_")},
+        "histograms": {
+            c.name: {
+                "edges": edges,
+                "counts": [counters.get(f"hist_{c.name}_{i:02d}", 0) for i in range(HISTOGRAM_BINS)],
+            }
+            for c in classifiers
+        },
+    }

@@ -64,12 +64,31 @@ class ClassifierConfig(Strict):
 
 class QualityConfig(Strict):
     classifiers: list[ClassifierConfig] = Field(default_factory=list)
-    buckets: int = Field(10, ge=1, le=100, description="Scores in [0,1] are cut into this many equal buckets.")
+    scale: Literal["score", "percentile"] = Field(
+        "score",
+        description="score: the classifiers' probabilities as they are (DCLM, FineWeb-Edu thresholds). percentile: "
+        "each score becomes its percentile rank among a calibration sample of this run's input (Nemotron-CC), so "
+        "classifiers with different score ranges can be combined and buckets hold equal shares of the input.",
+    )
+    ensemble: Literal["mean", "max"] = Field(
+        "mean", description="How several classifiers' (scaled) scores combine into quality_score (Nemotron-CC: max)."
+    )
+    buckets: int = Field(
+        10, ge=1, le=100, description="quality_score in [0,1] is cut into this many equal buckets (Nemotron-CC: 20)."
+    )
+    calibration_docs: int = Field(
+        2000,
+        ge=10,
+        description="percentile: the first this-many records of each source that pass the filters before scoring "
+        "calibrate the ranks; computed once per run into work/quality_calibration.json and reused on resume.",
+    )
 
 
 class RouteRule(Strict):
     min_score: float = Field(0.0, ge=0, le=1, description="Rule applies when min_score <= quality_score.")
     max_score: float = Field(1.0, ge=0, le=1, description="... and quality_score <= max_score.")
+    min_bucket: int | None = Field(None, ge=0, description="... and min_bucket <= quality_bucket (if set).")
+    max_bucket: int | None = Field(None, ge=0, description="... and quality_bucket <= max_bucket (if set).")
     action: Literal["drop", "keep", "rephrase"]
     prompts: list[str] = Field(default_factory=list, description="Prompt names (prompts/*.yaml) for rephrase.")
     keep_original: bool = Field(True, description="For rephrase: also keep the original text in the dataset.")
@@ -78,11 +97,17 @@ class RouteRule(Strict):
     def _check(self) -> RouteRule:
         if self.min_score > self.max_score:
             raise ValueError(f"min_score {self.min_score} > max_score {self.max_score}")
+        if None not in (self.min_bucket, self.max_bucket) and self.min_bucket > self.max_bucket:
+            raise ValueError(f"min_bucket {self.min_bucket} > max_bucket {self.max_bucket}")
         if self.action == "rephrase" and not self.prompts:
             raise ValueError("action rephrase needs at least one prompt in `prompts`")
         if self.action != "rephrase" and self.prompts:
             raise ValueError(f"`prompts` only makes sense with action rephrase, not {self.action}")
         return self
+
+    @property
+    def by_bucket(self) -> bool:
+        return self.min_bucket is not None or self.max_bucket is not None
 
 
 class RoutingConfig(Strict):
@@ -186,6 +211,22 @@ class Config(Strict):
     mix: MixConfig = Field(default_factory=MixConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     base_dir: str = Field(".", description="Set by load_config: folder the relative paths are resolved against.")
+
+    @model_validator(mode="after")
+    def _routes_fit_the_buckets(self) -> Config:
+        """A rule naming bucket 19 under 10 buckets would silently never match."""
+        for i, rule in enumerate(self.routing.rules):
+            if not rule.by_bucket:
+                continue
+            if not self.quality.classifiers:
+                raise ValueError(f"routing.rules.{i}: routes by bucket but quality.classifiers is empty")
+            for bound in (rule.min_bucket, rule.max_bucket):
+                if bound is not None and bound >= self.quality.buckets:
+                    raise ValueError(
+                        f"routing.rules.{i}: bucket {bound} does not exist; quality.buckets is "
+                        f"{self.quality.buckets} (buckets 0..{self.quality.buckets - 1})"
+                    )
+        return self
 
     def resolve(self, path: str) -> str:
         """Resolve a config path: `bundled:` refs and absolute paths stay, others are relative to the config file."""

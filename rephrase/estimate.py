@@ -24,6 +24,7 @@ from pathlib import Path
 
 from datatrove.data import Document
 
+from rephrase.calibrate import ensure_calibration
 from rephrase.config import Config, SourceConfig
 from rephrase.pipeline import filter_steps
 
@@ -105,7 +106,7 @@ def _tally(docs: Iterator[Document], seen: Counter, stage: str) -> Iterator[Docu
         yield doc
 
 
-def _sample(cfg: Config, sources: list[SourceConfig], n: int, work: Path) -> Iterator[Document]:
+def sample_records(cfg: Config, sources: list[SourceConfig], n: int, work: Path) -> Iterator[Document]:
     """The first n records of each source, read by the pipeline's own (accounting) readers, tagged by source."""
     from rephrase.inputs import build_readers
     from rephrase.pipeline import resolve_input_path
@@ -196,9 +197,9 @@ def estimate(cfg: Config, sample: int, tokens_per_s: float | None = None, from_r
     ratio, per_request, basis = _output_model(cfg, from_run)
     work = _LLMWork(cfg, ratio, per_request)
     seen: Counter = Counter()
-    steps = filter_steps(cfg, None)
     with tempfile.TemporaryDirectory(prefix="rephrase-estimate-") as tmp:
-        stream = _tally(_sample(cfg, cfg.input.sources, sample, Path(tmp)), seen, "read")
+        steps = filter_steps(cfg, None, ensure_calibration(cfg, Path(tmp) / "quality_calibration.json"))
+        stream = _tally(sample_records(cfg, cfg.input.sources, sample, Path(tmp)), seen, "read")
         for stage, step in steps:
             stream = _tally(step(stream), seen, stage)
         for doc in stream:

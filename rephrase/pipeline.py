@@ -55,6 +55,10 @@ class Layout:
         return self.out / "dataset"
 
     @property
+    def calibration_file(self) -> Path:
+        return self.work / "quality_calibration.json"
+
+    @property
     def ledger_file(self) -> Path:
         return self.out / "ledger" / "ledger.parquet"
 
@@ -71,9 +75,9 @@ def resolve_input_path(cfg: Config, path: str) -> str:
     return cfg.resolve(path)
 
 
-def filter_steps(cfg: Config, ledger: str | None) -> list[tuple[str, PipelineStep]]:
+def filter_steps(cfg: Config, ledger: str | None, calibration: str | None = None) -> list[tuple[str, PipelineStep]]:
     """The CPU steps of curate between reading and the LLM, named; drops go to the ledger when `ledger` is set
-    (`rephrase estimate` runs them on a sample without one)."""
+    (`rephrase estimate` runs them on a sample without one). `calibration`: see rephrase.calibrate."""
 
     def writer(stage: str) -> LedgerWriter | None:
         return LedgerWriter(ledger, stage) if ledger else None
@@ -89,7 +93,8 @@ def filter_steps(cfg: Config, ledger: str | None) -> list[tuple[str, PipelineSte
     if cfg.dedup.exact:
         # before the LLM: a copy of a document is never rewritten twice (within a task; finalize catches the rest)
         steps.append(("dedup", ExactDedup(exclusion_writer=writer("dedup"))))
-    steps.append(("quality", QualityScorer(cfg.quality.classifiers, cfg.quality.buckets)))
+    quality = cfg.quality
+    steps.append(("quality", QualityScorer(quality.classifiers, quality.buckets, quality.ensemble, calibration)))
     steps.append(("route", Router(cfg.routing.rules, exclusion_writer=writer("route"))))
     return steps
 
@@ -99,7 +104,8 @@ def curate_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     for source in cfg.input.sources:
         readers += build_readers(source, resolve_input_path(cfg, source.path), source.limit, layout.work / "inputs")
     steps: list[PipelineStep] = [ReadSources(readers)]
-    steps += [step for _, step in filter_steps(cfg, str(layout.work / "ledger" / "curate"))]
+    calibration = str(layout.calibration_file) if cfg.quality.scale == "percentile" else None
+    steps += [step for _, step in filter_steps(cfg, str(layout.work / "ledger" / "curate"), calibration)]
     prompt_names = {p for rule in cfg.routing.rules for p in rule.prompts}
     steps.append(
         RephraseStep(

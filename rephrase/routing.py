@@ -1,4 +1,5 @@
-"""Routing by quality: the first rule whose score range contains the document decides its action.
+"""Routing by quality: the first rule whose score range (and bucket range, if it names one) contains the document
+decides its action.
 
 `drop` leaves the pipeline with a ledger reason; `keep` passes the original on; `rephrase` names the prompts that
 will rewrite it and whether the original stays in the dataset beside its rewrites.
@@ -13,11 +14,15 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from rephrase.config import RouteRule
 
 
-def _matches(rule: RouteRule, score: float | None) -> bool:
+def _matches(rule: RouteRule, score: float | None, bucket: int | None) -> bool:
     """Without a quality score (no classifier configured) only rules covering the whole range apply."""
     if score is None:
-        return rule.min_score == 0.0 and rule.max_score == 1.0
-    return rule.min_score <= score <= rule.max_score
+        return rule.min_score == 0.0 and rule.max_score == 1.0 and not rule.by_bucket
+    if not rule.min_score <= score <= rule.max_score:
+        return False
+    lo = rule.min_bucket if rule.min_bucket is not None else 0
+    hi = rule.max_bucket if rule.max_bucket is not None else bucket
+    return lo <= bucket <= hi
 
 
 class Router(BaseFilter):
@@ -28,8 +33,8 @@ class Router(BaseFilter):
         self.rules = rules
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        score = doc.metadata.get("quality_score")
-        rule = next((r for r in self.rules if _matches(r, score)), None)
+        score, bucket = doc.metadata.get("quality_score"), doc.metadata.get("quality_bucket")
+        rule = next((r for r in self.rules if _matches(r, score, bucket)), None)
         action = rule.action if rule else "keep"
         doc.metadata["action"] = action
         self.stat_update(f"action_{action}")
@@ -37,4 +42,6 @@ class Router(BaseFilter):
             return False, "low_quality" if score is not None else "routed_drop"
         doc.metadata["prompts"] = list(rule.prompts) if rule else []
         doc.metadata["keep_original"] = rule.keep_original if rule and action == "rephrase" else True
+        for prompt in doc.metadata["prompts"]:
+            self.stat_update(f"prompt_{prompt}")
         return True

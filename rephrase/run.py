@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from filters.classifiers import quality_summary
+from rephrase.calibrate import ensure_calibration
 from rephrase.card import write_card
 from rephrase.config import Config
 from rephrase.ledger import build_ledger
@@ -131,6 +133,9 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
             "resampled": rephrase.get("resampled", 0),
             "replayed_from_checkpoint": rephrase.get("replayed_from_checkpoint", 0),
         },
+        "quality": quality_summary(
+            curate.get("quality", {}), cfg.quality.classifiers, cfg.quality.scale, cfg.quality.ensemble
+        ),
         "wall_time_s": timings,
         "stages": {"curate": curate, "finalize": finalize},
     }
@@ -144,6 +149,7 @@ def run_config(cfg: Config) -> RunResult:
         print(f"rephrase: rerunning tasks {reopened}: their documents had engine errors (llm_error) last time")
     timings = {}
     start = time.perf_counter()
+    ensure_calibration(cfg, layout.calibration_file)
     curate.run()
     incomplete = curate.get_incomplete_ranks()
     if incomplete:

@@ -18,14 +18,14 @@ average is printed): compare runs made back to back.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import measure
 
 REPO = Path(__file__).resolve().parent.parent
 VLLM_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
@@ -83,24 +83,6 @@ def child(run: str, n: int, out: Path) -> None:
     out.write_text(json.dumps(result))
 
 
-def measure(run: str, n: int, folder: Path) -> dict:
-    """Run a child process; its results plus the peak summed RSS (MiB) of its process tree."""
-    import psutil
-
-    out, log = folder / f"{run}.json", folder / f"{run}.log"
-    with log.open("wb") as err:  # a file, not a pipe: vLLM's logs would fill a pipe nobody reads until the end
-        argv = [sys.executable, __file__, "--child", run, "--docs", str(n), "--out", str(out)]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
-        tree, peak = psutil.Process(proc.pid), 0
-        while proc.poll() is None:
-            with contextlib.suppress(psutil.Error):  # a child ended between listing and reading
-                peak = max(peak, sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)]))
-            time.sleep(0.05)
-    if proc.returncode != 0 or not out.is_file():
-        raise SystemExit(f"benchmark run {run} exited {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-    return {**json.loads(out.read_text()), "docs": n, "peak_mib": peak / 2**20}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--semantic-docs", type=int, default=10_033, help="Leads for semantic dedup (all: 10,033).")
@@ -120,7 +102,7 @@ def main() -> None:
         runs.append(("perplexity-vllm", args.perplexity_docs))
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-curation-") as tmp:
-        results = {run: measure(run, n, Path(tmp)) for run, n in runs}
+        results = {run: measure(__file__, run, n, Path(tmp)) for run, n in runs}
     names = {"semantic": "semantic dedup", "embed": "embed only", "perplexity": "perplexity (transformers)"}
     names["perplexity-vllm"] = "perplexity (vLLM)"
     print(f"\n{os.cpu_count()} cores; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
