@@ -17,9 +17,7 @@ from pathlib import Path
 
 def model_checksums(classifiers: list[tuple[str, str, str]]) -> dict[str, str]:
     """name -> sha256 of the model file and the label scored, so ranks are never applied to another model."""
-    return {
-        name: hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] + f":{label}" for name, path, label in classifiers
-    }
+    return {name: f"{hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16]}:{label}" for name, p, label in classifiers}
 
 
 def write_calibration(path: Path, scores: dict[str, list[float]], classifiers: list, fingerprint: str) -> None:

@@ -2,9 +2,9 @@
 
 A streaming run cannot see the whole corpus before routing its first document, so the ranks come from the first
 `quality.calibration_docs` records of each source, those of them that pass the run's filters ahead of scoring
-(extraction, language, heuristics, exact dedup): the kind of documents the scorer will actually see. It is computed once per output
-folder and reused on resume (and by every task of a cluster run), unless the classifiers, the inputs or the
-filters changed.
+(extraction, language, heuristics, exact dedup): the kind of documents the scorer will actually see. It is
+computed once per output folder and reused on resume (and by every task of a cluster run), unless the
+classifiers, the inputs or the filters changed.
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def test_single_classifier_percentiles_fill_buckets_evenly(tmp_path: Path) -> No
 
 
 def test_bucket_rules_must_fit_the_configured_buckets(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="bucket 12 does not exist; quality.buckets is 10"):
+    with pytest.raises(ConfigError, match=r"bucket 12 does not exist; quality\.buckets is 10"):
         load_config(REPO / "configs" / "demo.yaml", ["routing.rules=[{min_bucket: 12, action: drop}]"])
     with pytest.raises(ConfigError, match="min_bucket 3 > max_bucket 1"):
         load_config(REPO / "configs" / "demo.yaml", ["routing.rules=[{min_bucket: 3, max_bucket: 1, action: drop}]"])
