@@ -10,8 +10,13 @@ same engine arguments, seed and CPU environment) and shared:
 Output tokens: raw = sum of len(token_ids) over every candidate; rephrase = the step's `output_tokens` stat. The
 paths sample different random streams, so their token counts differ a little: compare tok/s, not seconds. The
 rephrase column's time includes loading the tokenizer and validator models each run, as a real task does;
-"engine s" is the part spent inside engine.generate. Runs alternate (raw, rephrase n, rephrase n=1, raw n=1) and
-repeat; medians are printed. On a shared machine, trust the ratios more than the absolute figures.
+"engine s" is the part spent inside engine.generate. Runs alternate (raw, rephrase n, rephrase n=1, raw n=1,
+rephrase adaptive) and repeat; medians are printed. On a shared machine, trust the ratios more than the figures.
+
+Goodput is what a curation run pays for: documents with an accepted rewrite per second, every path judged by the
+same default validators. `rephrase adaptive` draws one candidate per document and redraws (n-1 rounds of one) only
+for documents whose candidates all failed; the datatrove runner (--datatrove) draws n rollouts for every document
+and its outputs are validated afterwards, the validation time counted in its seconds.
 
     python scripts/bench_llm.py                                   # 32 leads, 128 new tokens, n=4, 3 repeats
     python scripts/bench_llm.py --docs 16 --max-tokens 96 --repeats 2
@@ -45,6 +50,11 @@ class Run:
     def tok_s(self) -> float:
         return self.output_tokens / self.seconds
 
+    @property
+    def goodput(self) -> float:
+        """Documents with an accepted rewrite per second."""
+        return (self.accepted or 0) / self.seconds
+
 
 def english_leads(count: int) -> list[dict]:
     from rephrase.sample_data import ensure_sample
@@ -66,7 +76,9 @@ def run_raw(llm, conversations: list, args: argparse.Namespace, n: int) -> Run:
     return Run("raw vLLM", n, seconds, sum(len(o.token_ids) for out in outputs for o in out.outputs))
 
 
-def run_rephrase(engine, leads: list[dict], prompt, args: argparse.Namespace, n: int, max_tokens: int) -> Run:
+def run_rephrase(
+    engine, leads: list[dict], prompt, args: argparse.Namespace, n: int, max_tokens: int, rounds: int = 0
+) -> Run:
     from datatrove.data import Document
 
     from rephrase.config import LLMConfig, RephraseConfig, SamplingConfig
@@ -79,7 +91,7 @@ def run_rephrase(engine, leads: list[dict], prompt, args: argparse.Namespace, n:
         top_p=args.top_p,
         max_tokens=max_tokens,
         max_output_ratio=None,
-        resample_rounds=0,
+        resample_rounds=rounds,
     )
     docs = [
         Document(
@@ -108,7 +120,7 @@ def run_rephrase(engine, leads: list[dict], prompt, args: argparse.Namespace, n:
     if stats["chunks"].total != len(docs):
         raise SystemExit(f"{stats['chunks'].total} chunks for {len(docs)} docs: the work differs from the raw path")
     return Run(
-        "rephrase",
+        "rephrase adaptive" if rounds else "rephrase",
         n,
         seconds,
         int(stats["output_tokens"].total),
@@ -122,13 +134,23 @@ def engine_args(args: argparse.Namespace) -> dict:
 
 
 def run_datatrove(server_url: str, model: str, leads: list[dict], prompt, args: argparse.Namespace, n: int) -> Run:
-    """datatrove's InferenceRunner against a running vLLM OpenAI server: n rollouts = n requests per document."""
+    """datatrove's InferenceRunner against a running vLLM OpenAI server: n rollouts = n requests per document;
+    then the rollouts are judged by rephrase's default validators (timed too: goodput needs the verdicts)."""
     from datatrove.data import Document
     from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
     from datatrove.pipeline.writers import JsonlWriter
 
+    from rephrase.config import RephraseConfig
+    from rephrase.llm.engine import Completion
+    from rephrase.llm.selection import select
+    from rephrase.llm.stage import build_validators
+
+    candidates: dict[str, list[Completion]] = {}
+
     async def rollout(doc: Document, generate):
         result = await generate({"messages": prompt.messages(doc.text)})
+        tokens = result.usage.get("completion_tokens", 0)
+        candidates.setdefault(doc.id, []).append(Completion(result.text, result.finish_reason, tokens))
         return result.text
 
     params = {"max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p}
@@ -144,13 +166,15 @@ def run_datatrove(server_url: str, model: str, leads: list[dict], prompt, args: 
             metric_interval=3600,
         )
         runner = InferenceRunner(rollout, config, JsonlWriter(out))
+        validators = build_validators(RephraseConfig().validators)
         start = time.perf_counter()
         runner.run(iter(docs))
+        accepted = sum(select(d.text, candidates.get(d.id, []), validators).accepted for d in docs)
         seconds = time.perf_counter() - start
     done = int(runner.stats["successful_requests"].total)
     if done != n * len(docs):
         raise SystemExit(f"datatrove runner: {done} of {n * len(docs)} requests succeeded")
-    return Run("datatrove runner", n, seconds, int(runner.stats["completion_tokens"].total))
+    return Run("datatrove runner", n, seconds, int(runner.stats["completion_tokens"].total), accepted=accepted)
 
 
 def datatrove_runs(
@@ -221,28 +245,32 @@ def main() -> None:
     run_raw(engine.llm, conversations[:2], args, 1)
     run_rephrase(engine, leads[:2], prompt, args, 1, max_tokens=16)
 
-    plan = [("raw", args.n), ("rephrase", args.n), ("rephrase", 1), ("raw", 1)]
+    plan = [("raw", args.n), ("rephrase", args.n), ("rephrase", 1), ("raw", 1), ("rephrase adaptive", 1)]
     runs: dict[tuple[str, int], list[Run]] = {key: [] for key in plan}
     for repeat in range(1, args.repeats + 1):
         for path, n in plan:
             if path == "raw":
                 run = run_raw(engine.llm, conversations, args, n)
             else:
-                run = run_rephrase(engine, leads, prompt, args, n, max_tokens=args.max_tokens)
+                rounds = args.n - 1 if path == "rephrase adaptive" else 0
+                run = run_rephrase(engine, leads, prompt, args, n, max_tokens=args.max_tokens, rounds=rounds)
             runs[path, n].append(run)
             print(f"  repeat {repeat} {run.path} n={n}: {run.output_tokens} tok in {run.seconds:.1f} s", flush=True)
 
     engine.llm.llm_engine.engine_core.shutdown()  # free its memory and cores before a server starts
     runs.update(datatrove_runs(engine.model, leads, prompt, args))
 
-    header = "| path | n | out tokens | seconds | out tok/s | engine s | accepted | all runs tok/s |"
-    print(f"\n{header}\n|---|---|---|---|---|---|---|---|")
-    best: dict[tuple[str, int], Run] = {}
+    header = "| path | n | out tokens | seconds | out tok/s | engine s | accepted | goodput docs/s | all runs tok/s |"
+    print(f"\n{header}\n|---|---|---|---|---|---|---|---|---|")
     for key in runs:
-        r = best[key] = median_run(runs[key])
-        extra = f"{r.engine_seconds:.1f} | {r.accepted}/{args.docs}" if r.engine_seconds is not None else "- | -"
+        r = median_run(runs[key])
+        engine_s = f"{r.engine_seconds:.1f}" if r.engine_seconds is not None else "-"
+        accepted = f"{r.accepted}/{args.docs}" if r.accepted is not None else "-"
         every = ", ".join(f"{x.tok_s:.1f}" for x in runs[key])
-        print(f"| {r.path} | {r.n} | {r.output_tokens} | {r.seconds:.1f} | {r.tok_s:.1f} | {extra} | {every} |")
+        print(
+            f"| {r.path} | {r.n} | {r.output_tokens} | {r.seconds:.1f} | {r.tok_s:.1f} | {engine_s} | {accepted} | "
+            f"{r.goodput:.3f} | {every} |"
+        )
 
     def med(key: tuple[str, int], attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in runs[key])
@@ -260,6 +288,13 @@ def main() -> None:
         for n in dict.fromkeys((args.n, 1)):
             ratio = med(("rephrase", n), "tok_s") / med(("datatrove runner", n), "tok_s")
             print(f"rephrase / datatrove runner, n={n}: {ratio:.2f}x output tok/s (median)")
+        dt = med(("datatrove runner", args.n), "goodput")
+        for key in (("rephrase adaptive", 1), ("rephrase", args.n)):
+            if not dt:
+                print("goodput: the datatrove runner had no accepted rewrite; raise --max-tokens for a ratio")
+                break
+            ratio = med(key, "goodput") / dt
+            print(f"goodput {key[0]} (n={key[1]}) / datatrove runner (n={args.n}): {ratio:.2f}x (target >= 1.3x)")
     print(
         f"\nsettings: model {args.model}, {args.dtype}, enforce_eager={args.enforce_eager}, "
         f"max_model_len {args.max_model_len}, T={args.temperature}, top_p={args.top_p}, max_tokens {args.max_tokens}, "
