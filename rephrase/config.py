@@ -162,6 +162,9 @@ class RephraseConfig(Strict):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     batch_size: int = Field(64, ge=1, description="Documents sent to the engine per call.")
+    prefetch_docs: int = Field(
+        256, ge=0, description="Documents read and filtered ahead, in a thread, while the engine generates; 0: off."
+    )
     chunk_tokens: int = Field(
         1024, ge=16, description="Longer documents are split on paragraph/sentence boundaries into chunks this size."
     )

@@ -32,6 +32,7 @@ from rephrase.ledger import LedgerWriter
 from rephrase.llm.prompts import select_prompts
 from rephrase.llm.stage import RephraseStep
 from rephrase.mix import Mix
+from rephrase.prefetch import Prefetch
 from rephrase.routing import Router
 from rephrase.rows import DatasetWriter, ExplodeRows, Tap, WorkWriter, work_adapter
 
@@ -107,6 +108,8 @@ def curate_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     calibration = str(layout.calibration_file) if cfg.quality.scale == "percentile" else None
     steps += [step for _, step in filter_steps(cfg, str(layout.work / "ledger" / "curate"), calibration)]
     prompt_names = {p for rule in cfg.routing.rules for p in rule.prompts}
+    if prompt_names:  # without an LLM stage there is nothing to overlap with
+        steps.append(Prefetch(cfg.rephrase.prefetch_docs))
     steps.append(
         RephraseStep(
             cfg.rephrase.llm,
