@@ -196,7 +196,16 @@ class MixConfig(Strict):
     max_upsample: float = Field(1.0, ge=1, description="Most copies of a row the mix may use; 1 never repeats.")
 
 
+class PushConfig(Strict):
+    repo_id: str = Field(description="Hub dataset repo, e.g. me/fineweb-rephrased; created if missing.")
+    private: bool = Field(False, description="Create the repo private (an existing public repo is refused).")
+    revision: str | None = Field(None, description="Branch to push to, created from main if missing.")
+
+
 class OutputConfig(Strict):
+    push: PushConfig | None = Field(
+        None, description="Push OUT/dataset to the Hub when the run ends, as `rephrase push` does (token: HF_TOKEN)."
+    )
     shard_max_bytes: int = Field(256 * 2**20, ge=2**20, description="Parquet shards rotate at this size.")
     license: str = Field("other", description="License in the dataset card metadata.")
     pretty_name: str | None = None

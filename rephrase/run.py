@@ -39,6 +39,11 @@ def preflight(cfg: Config, layout: Layout) -> None:
     free = shutil.disk_usage(layout.out).free
     if free < 512 * 2**20:
         raise PreflightError(f"only {free // 2**20} MiB free under {layout.out}; free space or choose --output")
+    if cfg.output.push is not None:
+        from huggingface_hub import get_token
+
+        if get_token() is None:
+            raise PreflightError("output.push needs a Hub token: set HF_TOKEN or run `hf auth login`")
     needs_llm = any(rule.action == "rephrase" for rule in cfg.routing.rules)
     if needs_llm and cfg.rephrase.llm.server_url is None:
         from rephrase.models import resolve_model
@@ -171,4 +176,24 @@ def run_config(cfg: Config) -> RunResult:
     stats = summarize(cfg, layout, ledger, timings)
     layout.stats_file.write_text(json.dumps(stats, indent=2, ensure_ascii=False))
     write_card(cfg, layout, stats)
+    if cfg.output.push is not None:
+        push_finished(cfg, layout)
     return RunResult(layout, stats, ledger)
+
+
+def push_finished(cfg: Config, layout: Layout) -> None:
+    """The same push as `rephrase push`, after everything is written locally: a Hub failure loses nothing, and
+    the message says how to resume it."""
+    from rephrase.hub import push_dataset
+
+    target = cfg.output.push
+    try:
+        result = push_dataset(layout.out, target.repo_id, private=target.private, revision=target.revision)
+    except Exception as e:
+        raise RuntimeError(
+            f"the run finished and {layout.dataset} is complete, but pushing it failed: {e}. Resume the upload with "
+            f"`rephrase push {layout.out} --repo-id {target.repo_id}`"
+            + (f" --revision {target.revision}" if target.revision else "")
+            + (" --private" if target.private else "")
+        ) from e
+    print(f"rephrase: pushed {len(result.uploaded)} files ({len(result.unchanged)} unchanged) to {result.url}")

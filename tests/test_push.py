@@ -233,3 +233,63 @@ def test_no_token_is_a_clear_error(tmp_path: Path, client: FakeHub, monkeypatch:
     with pytest.raises(PushError, match="HF_TOKEN"):
         push_dataset(tmp_path, "me/demo", endpoint=client.url)
     assert client.requests == []
+
+
+def _keep_only_run(tmp_path: Path, push: dict) -> object:
+    from rephrase.config import load_config
+
+    return load_config(
+        REPO / "configs" / "demo.yaml",
+        ["mix.synthetic_share=null", "routing.rules=[{action: keep}]"],
+        {
+            "input.sources": [{"path": "bundled:sample/wiki.jsonl", "limit": 8}],
+            "run.output": str(tmp_path / "out"),
+            "output.push": push,
+        },
+    )
+
+
+def test_a_run_with_output_push_ends_with_its_dataset_on_the_hub(tmp_path: Path, client: FakeHub) -> None:
+    from rephrase.run import run_config
+
+    constants_endpoint = constants.ENDPOINT
+    try:
+        constants.ENDPOINT = client.url
+        result = run_config(_keep_only_run(tmp_path, {"repo_id": "me/run", "revision": "v2"}))
+    finally:
+        constants.ENDPOINT = constants_endpoint
+    local = {
+        p.relative_to(result.layout.dataset).as_posix(): p.read_bytes()
+        for p in result.layout.dataset.rglob("*")
+        if p.is_file()
+    }
+    assert any(p.endswith(".parquet") for p in local) and "README.md" in local
+    assert client.files("me/run", "v2") == {".gitattributes": GITATTRIBUTES, **local}
+
+
+def test_a_failed_push_keeps_the_finished_run_and_says_how_to_resume(tmp_path: Path, client: FakeHub) -> None:
+    from rephrase.run import run_config
+
+    client.stop()
+    constants_endpoint = constants.ENDPOINT
+    try:
+        constants.ENDPOINT = client.url
+        with pytest.raises(RuntimeError, match=r"rephrase push .* --repo-id me/run") as err:
+            run_config(_keep_only_run(tmp_path, {"repo_id": "me/run"}))
+    finally:
+        constants.ENDPOINT = constants_endpoint
+    assert "is complete" in str(err.value) and TOKEN not in str(err.value)
+    out = tmp_path / "out"
+    assert (out / "stats.json").is_file() and (out / "ledger" / "ledger.parquet").is_file()
+    assert list((out / "dataset" / "data").glob("*.parquet"))
+
+
+def test_output_push_without_a_token_fails_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rephrase.run import PreflightError, run_config
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-login"))
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(PreflightError, match=r"output\.push needs a Hub token"):
+        run_config(_keep_only_run(tmp_path, {"repo_id": "me/run"}))
+    assert not (tmp_path / "out" / "work").exists()
