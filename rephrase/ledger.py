@@ -55,6 +55,7 @@ LEDGER_SCHEMA = pa.schema(
         ("quality_score", pa.float64()),
         ("quality_bucket", pa.int32()),
         ("action", pa.string()),
+        ("prompts", pa.string()),
         ("n_synthetic", pa.int32()),
         ("original_in_dataset", pa.bool_()),
     ]
@@ -88,6 +89,7 @@ def build_ledger(work: Path, docs: list[dict], out_file: Path) -> list[dict]:
                 "quality_score": detail.get("quality_score"),
                 "quality_bucket": detail.get("quality_bucket"),
                 "action": "drop" if row["stage"] == "route" else None,
+                "prompts": None,
                 "n_synthetic": 0,
                 "original_in_dataset": False,
             }
@@ -107,6 +109,7 @@ def build_ledger(work: Path, docs: list[dict], out_file: Path) -> list[dict]:
             "quality_score": meta.get("quality_score"),
             "quality_bucket": meta.get("quality_bucket"),
             "action": meta.get("action"),
+            "prompts": ",".join(meta.get("prompts") or []) or None,
             "n_synthetic": n_syn,
             "original_in_dataset": orig_in,
             "stage": None,

@@ -71,6 +71,9 @@ def test_ledger_has_one_row_per_record_with_reasons(run: RunResult) -> None:
         assert row["fate"] in {"kept", "rephrased", "dropped"}
         if row["fate"] == "dropped":
             assert row["stage"] and row["reason"], row
+        if row["fate"] == "rephrased":  # routed by score: the bucket, the action and the prompts are there
+            assert row["action"] == "rephrase" and row["prompts"] == "wikipedia", row
+            assert row["quality_bucket"] == min(int(row["quality_score"] * 10), 9), row
 
 
 def test_dataset_loads_and_holds_no_dropped_document(run: RunResult) -> None:
