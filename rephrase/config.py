@@ -137,6 +137,14 @@ class SamplingConfig(Strict):
         1, ge=0, le=8, description="Extra rounds of n candidates, only for documents whose candidates all failed."
     )
     resample_temperature_step: float = Field(0.1, ge=0, le=1, description="Temperature added at each extra round.")
+    resample_n: int | None = Field(
+        None,
+        ge=1,
+        le=32,
+        description="Candidates per document in the extra rounds (null: n). n: 1 with resample_n: 3 draws one "
+        "candidate per document and three more, in one request, only where the first failed: most of n=4's "
+        "acceptance for far fewer tokens.",
+    )
 
     @model_validator(mode="after")
     def _greedy_means_one_candidate(self) -> SamplingConfig:

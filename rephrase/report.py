@@ -46,6 +46,10 @@ def print_summary(result: RunResult, pairs: int = 2) -> None:
         f"{llm['candidates_accepted']} accepted; tokens in {llm['tokens_in']}, out {llm['tokens_out']}; "
         f"rejections {llm['rejections']}"
     )
+    for by in ("by_prompt", "by_bucket"):
+        if llm.get(by):
+            shown = ", ".join(f"{k} {v['accepted']}/{v['attempted']}" for k, v in llm[by].items())
+            console.print(f"  accepted {by.replace('_', ' ')}: {shown}")
     ds = stats["dataset"]
     console.print(
         f"Dataset: {ds['rows']} rows, tokens {ds['tokens']}, synthetic share {ds['synthetic_token_share']:.3f} "

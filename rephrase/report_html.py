@@ -108,7 +108,8 @@ def _quality(ledger: list[dict], docs: list[dict]) -> dict:
         if r["quality_score"] is not None:
             scored[r["action"] or "none"].append(r["quality_score"])
     names = sorted(
-        {k for d in docs for k in d["meta"] if k.startswith("quality_")} - {"quality_score", "quality_bucket"}
+        {k for d in docs for k in d["meta"] if k.startswith("quality_") and not k.endswith("_pct")}
+        - {"quality_score", "quality_bucket"}
     )
     per = {n: [d["meta"][n] for d in docs if n in d["meta"]] for n in names} if len(names) > 1 else {}
     return {
@@ -194,6 +195,7 @@ def collect(out: Path) -> dict:
             for name, counters in steps.items()
         ],
         **_generation(docs, llm),
+        "by_bucket": sorted(llm.get("by_bucket", {}).items(), key=lambda kv: (len(kv[0]), kv[0])),
     }
 
 

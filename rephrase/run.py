@@ -96,6 +96,23 @@ def read_docs(layout: Layout) -> list[dict]:
     return docs
 
 
+def acceptance(counters: dict, by: str) -> dict[str, dict]:
+    """Documents attempted and accepted per prompt (or quality bucket), from the LLM stage's counters."""
+    groups: dict[str, dict] = {}
+    for key, value in counters.items():
+        for outcome in ("accepted", "failed"):
+            if key.startswith(f"{by}_{outcome}_"):
+                groups.setdefault(key.removeprefix(f"{by}_{outcome}_"), {"accepted": 0, "failed": 0})[outcome] = value
+    return {
+        name: {
+            "attempted": g["accepted"] + g["failed"],
+            "accepted": g["accepted"],
+            "acceptance": round(g["accepted"] / (g["accepted"] + g["failed"]), 4),
+        }
+        for name, g in sorted(groups.items())
+    }
+
+
 def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str, float]) -> dict:
     from collections import Counter
 
@@ -135,6 +152,8 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
             },
             "checked": {k.removeprefix("checked_"): v for k, v in rephrase.items() if k.startswith("checked_")},
             "failed_by": {k.removeprefix("failed_by_"): v for k, v in rephrase.items() if k.startswith("failed_by_")},
+            "by_prompt": acceptance(rephrase, "prompt"),
+            "by_bucket": acceptance(rephrase, "bucket"),
             "resampled": rephrase.get("resampled", 0),
             "replayed_from_checkpoint": rephrase.get("replayed_from_checkpoint", 0),
         },

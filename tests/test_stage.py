@@ -35,6 +35,7 @@ class ScriptedEngine:
 
     def generate(self, conversations, n, sampling):
         self.calls.append((len(conversations), sampling.temperature))
+        self.ns = [*getattr(self, "ns", []), n]
         answers = self.script.pop(0)
         return [
             Generation(error=a) if isinstance(a, str) else Generation([Completion(t, "stop", 40) for t in a])
@@ -45,10 +46,12 @@ class ScriptedEngine:
         pass
 
 
-def make_step(tmp_path: Path, engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch) -> RephraseStep:
+def make_step(
+    tmp_path: Path, engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch, sampling: SamplingConfig | None = None
+) -> RephraseStep:
     step = RephraseStep(
         LLMConfig(),
-        SamplingConfig(n=2, resample_rounds=1),
+        sampling or SamplingConfig(n=2, resample_rounds=1),
         {"wikipedia": load_prompts(PROMPTS)["wikipedia"]},
         [ValidatorConfig(use="length_ratio"), ValidatorConfig(use="not_a_copy")],
         batch_size=8,
@@ -140,3 +143,32 @@ def test_document_over_hard_limit_is_not_rewritten(tmp_path, monkeypatch) -> Non
     step.max_doc_tokens = 100
     (out,) = list(step.run(iter([doc])))
     assert out.metadata["rephrase_failures"][0]["reason"] == "too_long" and engine.calls == []
+
+
+def test_adaptive_resampling_draws_more_only_for_failed_documents(tmp_path, monkeypatch) -> None:
+    """n=1 first; only the failed document gets resample_n=3 more candidates, in one request."""
+    engine = ScriptedEngine([[[GOOD], [SOURCE], [GOOD]], [[SOURCE, "tiny", GOOD]]])
+    listed = docs()[:3]
+    for doc, bucket in zip(listed, (2, 7, 7), strict=True):
+        doc.metadata["quality_bucket"] = bucket
+    step = make_step(tmp_path, engine, monkeypatch, SamplingConfig(n=1, resample_rounds=1, resample_n=3))
+    out = list(step.run(iter(listed)))
+    assert engine.calls == [(3, 0.7), (1, pytest.approx(0.8))] and engine.ns == [1, 3]
+    assert [len(d.metadata["rewrites"]) for d in out] == [1, 1, 1]
+    rewrite = out[1].metadata["rewrites"][0]
+    assert (rewrite["attempts"], rewrite["candidate_index"], json.loads(rewrite["sampling"])["n"]) == (2, 2, 3)
+    assert step.stats["candidates"].total == 3 + 3
+    assert step.stats["prompt_accepted_wikipedia"].total == 3
+    assert (step.stats["bucket_accepted_2"].total, step.stats["bucket_accepted_7"].total) == (1, 2)
+
+
+def test_acceptance_is_counted_per_prompt_and_bucket(tmp_path, monkeypatch) -> None:
+    engine = ScriptedEngine([[[GOOD, GOOD], [SOURCE, SOURCE], [GOOD, SOURCE]], [[SOURCE, SOURCE]]])
+    listed = docs()[:3]
+    for doc in listed:
+        doc.metadata["quality_bucket"] = 4
+    step = make_step(tmp_path, engine, monkeypatch)
+    list(step.run(iter(listed)))
+    stats = step.stats
+    assert (stats["prompt_accepted_wikipedia"].total, stats["prompt_failed_wikipedia"].total) == (2, 1)
+    assert (stats["bucket_accepted_4"].total, stats["bucket_failed_4"].total) == (2, 1)

@@ -118,8 +118,16 @@ class RephraseStep(PipelineStep):
                         self._rewrite(engine, prompt, pending, log)
                     self._assemble(prompt, prompt_jobs)
                 progress.update(len(batch))
+                accepted, failed = (
+                    self.stats["accepted"].total,
+                    sum(v.total for k, v in self.stats.stats.items() if k.startswith("prompt_failed_")),
+                )
+                out_tokens, elapsed = self.stats["output_tokens"].total, progress.format_dict["elapsed"]
                 progress.set_postfix(
-                    accepted=self.stats["accepted"].total, out_tok=self.stats["output_tokens"].total, refresh=False
+                    accepted=f"{accepted}/{accepted + failed}",
+                    out_tok=int(out_tokens),
+                    tok_s=f"{out_tokens / elapsed:.0f}" if elapsed else "-",
+                    refresh=False,
                 )
                 yield from batch
         finally:
@@ -160,10 +168,18 @@ class RephraseStep(PipelineStep):
                 self._fail(doc, prompt, *failure)
             else:
                 self.stat_update("accepted")
+                self._tally(doc, prompt, "accepted")
                 doc.metadata["rewrites"].append(rewrite)
+
+    def _tally(self, doc: Document, prompt: Prompt, outcome: str) -> None:
+        """Outcomes per prompt and per quality bucket: which prompts the model cannot follow, and whether low
+        buckets (the documents routed to rewriting) fail more often."""
+        self.stat_update(f"prompt_{outcome}_{prompt.spec.name}")
+        self.stat_update(f"bucket_{outcome}_{doc.metadata.get('quality_bucket', 'none')}")
 
     def _fail(self, doc: Document, prompt: Prompt, reason: str, detail: str | None = None) -> None:
         self.stat_update(f"failed_{reason.split(',')[0]}")
+        self._tally(doc, prompt, "failed")
         failure = {"prompt": prompt.ref, "reason": reason}
         if detail:
             failure["detail"] = detail[:500]
@@ -181,7 +197,7 @@ class RephraseStep(PipelineStep):
             seed=self.seed + attempt - 1,
         )
 
-    def _generate(self, engine, prompt: Prompt, jobs: list[Job], sampling) -> list:
+    def _generate(self, engine, prompt: Prompt, jobs: list[Job], sampling, n: int) -> list:
         """One engine call per output-length bucket: a short chunk is not allowed to ramble to max_tokens."""
         import dataclasses
         import math
@@ -199,7 +215,7 @@ class RephraseStep(PipelineStep):
             with self.track_time(f"generate_{prompt.spec.name}"):
                 results = engine.generate(
                     [prompt.messages(jobs[i].text) for i in indices],
-                    self.sampling.n,
+                    n,
                     dataclasses.replace(sampling, max_tokens=limit),
                 )
             self.stat_update("generate_seconds", value=round(time.perf_counter() - start, 3))
@@ -216,7 +232,8 @@ class RephraseStep(PipelineStep):
             if not pending:
                 break
             sampling = self._sampling(prompt, attempt)
-            outputs = self._generate(engine, prompt, pending, sampling)
+            n = self.sampling.n if attempt == 1 else (self.sampling.resample_n or self.sampling.n)
+            outputs = self._generate(engine, prompt, pending, sampling, n)
             retry = []
             for job, result in zip(pending, outputs, strict=True):
                 self.stat_update("requests")
@@ -244,7 +261,7 @@ class RephraseStep(PipelineStep):
                             "prompt_hash": prompt.hash,
                             "model": engine.model_id,
                             "model_revision": engine.model_revision,
-                            "sampling": json.dumps({**sampling.__dict__, "n": self.sampling.n}),
+                            "sampling": json.dumps({**sampling.__dict__, "n": n}),
                             "candidate_index": pick.index,
                             "attempts": attempt,
                             "output_tokens": chosen.output_tokens,
