@@ -14,9 +14,9 @@ rephrase column's time includes loading the tokenizer and validator models each 
 rephrase adaptive) and repeat; medians are printed. On a shared machine, trust the ratios more than the figures.
 
 Goodput is what a curation run pays for: documents with an accepted rewrite per second, every path judged by the
-same default validators. `rephrase adaptive` draws one candidate per document and redraws (n-1 rounds of one) only
-for documents whose candidates all failed; the datatrove runner (--datatrove) draws n rollouts for every document
-and its outputs are validated afterwards, the validation time counted in its seconds.
+same default validators. `rephrase adaptive` draws one candidate per document, then n-1 more in one request
+(`resample_n`) only for documents whose first candidate failed; the datatrove runner (--datatrove) draws n
+rollouts for every document and its outputs are validated afterwards, the validation time counted in its seconds.
 
     python scripts/bench_llm.py                                   # 32 leads, 128 new tokens, n=4, 3 repeats
     python scripts/bench_llm.py --docs 16 --max-tokens 96 --repeats 2
@@ -77,7 +77,7 @@ def run_raw(llm, conversations: list, args: argparse.Namespace, n: int) -> Run:
 
 
 def run_rephrase(
-    engine, leads: list[dict], prompt, args: argparse.Namespace, n: int, max_tokens: int, rounds: int = 0
+    engine, leads: list[dict], prompt, args: argparse.Namespace, n: int, max_tokens: int, adaptive: bool = False
 ) -> Run:
     from datatrove.data import Document
 
@@ -91,7 +91,8 @@ def run_rephrase(
         top_p=args.top_p,
         max_tokens=max_tokens,
         max_output_ratio=None,
-        resample_rounds=rounds,
+        resample_rounds=1 if adaptive else 0,
+        resample_n=args.n - 1 if adaptive and args.n > 1 else None,
     )
     docs = [
         Document(
@@ -120,7 +121,7 @@ def run_rephrase(
     if stats["chunks"].total != len(docs):
         raise SystemExit(f"{stats['chunks'].total} chunks for {len(docs)} docs: the work differs from the raw path")
     return Run(
-        "rephrase adaptive" if rounds else "rephrase",
+        "rephrase adaptive" if adaptive else "rephrase",
         n,
         seconds,
         int(stats["output_tokens"].total),
@@ -252,8 +253,8 @@ def main() -> None:
             if path == "raw":
                 run = run_raw(engine.llm, conversations, args, n)
             else:
-                rounds = args.n - 1 if path == "rephrase adaptive" else 0
-                run = run_rephrase(engine, leads, prompt, args, n, max_tokens=args.max_tokens, rounds=rounds)
+                adaptive = path == "rephrase adaptive"
+                run = run_rephrase(engine, leads, prompt, args, n, max_tokens=args.max_tokens, adaptive=adaptive)
             runs[path, n].append(run)
             print(f"  repeat {repeat} {run.path} n={n}: {run.output_tokens} tok in {run.seconds:.1f} s", flush=True)
 
