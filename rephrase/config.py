@@ -14,6 +14,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from filters.minhash import MinhashConfig
+from filters.perplexity import PerplexityConfig
+from filters.semantic import SemanticDedupConfig
+from rephrase.rebalance import CurriculumConfig, RebalanceConfig
 
 
 class Strict(BaseModel):
@@ -195,6 +198,9 @@ class RephraseConfig(Strict):
 class DedupConfig(Strict):
     exact: bool = Field(True, description="Drop rows whose normalised text was already seen (originals + synthetic).")
     minhash: MinhashConfig = Field(default_factory=MinhashConfig, description="Near-dedup over all rows.")
+    semantic: SemanticDedupConfig | None = Field(
+        None, description="Embedding dedup over all rows after MinHash (SemDeDup); null: off. `{}` takes defaults."
+    )
 
 
 class MixConfig(Strict):
@@ -229,6 +235,13 @@ class Config(Strict):
     rephrase: RephraseConfig = Field(default_factory=RephraseConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
+    perplexity: PerplexityConfig | None = Field(
+        None, description="Per-document perplexity under a reference LM, before routing; null: off."
+    )
+    rebalance: list[RebalanceConfig] = Field(
+        default_factory=list, description="Sampling weights per group (prompt, quality_bucket, language...), in order."
+    )
+    curriculum: CurriculumConfig | None = Field(None, description="Order the dataset by a signal; null: no order.")
     output: OutputConfig = Field(default_factory=OutputConfig)
     base_dir: str = Field(".", description="Set by load_config: folder the relative paths are resolved against.")
 

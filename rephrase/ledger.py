@@ -11,7 +11,16 @@ import pyarrow as pa
 from datatrove.data import Document
 from datatrove.pipeline.writers import ParquetWriter
 
-DETAIL_KEYS = ("language", "language_score", "quality_score", "quality_bucket", "duplicate_of", "mix")
+DETAIL_KEYS = (
+    "language",
+    "language_score",
+    "quality_score",
+    "quality_bucket",
+    "perplexity",
+    "duplicate_of",
+    "similarity",
+    "mix",
+)
 ROW_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),

@@ -5,7 +5,8 @@ Two datatrove stages run one after the other:
                       -> quality score -> route -> rephrase -> work/docs
   rows     (1 task):   work/docs -> rows (original + synthetic) -> exact dedup -> work/rows
   minhash  (datatrove's signature / bucket / cluster stages over work/rows, if enabled)
-  finalize (1 task):   work/rows -> near-dedup -> token mix -> dataset
+  finalize (1 task):   work/rows -> near-dedup -> [semantic dedup] -> token mix -> [rebalance] -> [curriculum]
+                       -> dataset
 Every filter's exclusion writer is a LedgerWriter, so whatever a step removes is written with its reason.
 """
 
@@ -25,7 +26,9 @@ from filters.heuristics import build_heuristic
 from filters.html import ExtractHtml
 from filters.language import LanguageId
 from filters.minhash import NearDedupFilter, minhash_executors, minhash_stages
+from filters.perplexity import PerplexityFilter
 from filters.records import RecordCheck
+from filters.semantic import SemanticDedup
 from rephrase.config import Config
 from rephrase.inputs import ReadSources, build_readers
 from rephrase.ledger import LedgerWriter
@@ -33,6 +36,7 @@ from rephrase.llm.prompts import select_prompts
 from rephrase.llm.stage import RephraseStep
 from rephrase.mix import Mix
 from rephrase.prefetch import Prefetch
+from rephrase.rebalance import Curriculum, Rebalance
 from rephrase.routing import Router
 from rephrase.rows import DatasetWriter, ExplodeRows, Tap, WorkWriter, work_adapter
 
@@ -96,6 +100,8 @@ def filter_steps(cfg: Config, ledger: str | None, calibration: str | None = None
         steps.append(("dedup", ExactDedup(exclusion_writer=writer("dedup"))))
     quality = cfg.quality
     steps.append(("quality", QualityScorer(quality.classifiers, quality.buckets, quality.ensemble, calibration)))
+    if cfg.perplexity is not None:
+        steps.append(("perplexity", PerplexityFilter(cfg.perplexity, cfg.run.seed, writer("perplexity"))))
     steps.append(("route", Router(cfg.routing.rules, exclusion_writer=writer("route"))))
     return steps
 
@@ -147,8 +153,13 @@ def final_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     ]
     if cfg.dedup.minhash.enabled:
         steps.append(NearDedupFilter(str(layout.work / "minhash"), LedgerWriter(ledger, "near_dedup")))
+    if cfg.dedup.semantic is not None:
+        steps.append(SemanticDedup(cfg.dedup.semantic, cfg.run.seed, LedgerWriter(ledger, "semantic_dedup")))
+    steps.append(Mix(cfg.mix.synthetic_share, cfg.mix.max_upsample, cfg.run.seed, LedgerWriter(ledger, "mix")))
+    steps += [Rebalance(r, cfg.run.seed, LedgerWriter(ledger, f"rebalance_{r.by}")) for r in cfg.rebalance]
+    if cfg.curriculum is not None:
+        steps.append(Curriculum(cfg.curriculum, cfg.run.seed))
     steps += [
-        Mix(cfg.mix.synthetic_share, cfg.mix.max_upsample, cfg.run.seed, LedgerWriter(ledger, "mix")),
         Tap(LedgerWriter(ledger, "dataset")),
         DatasetWriter(str(layout.dataset / "data"), cfg.output.shard_max_bytes),
     ]

@@ -31,6 +31,9 @@ DATASET_SCHEMA = pa.schema(
         ("language", pa.string()),
         ("quality_score", pa.float64()),
         ("quality_bucket", pa.int32()),
+        ("perplexity", pa.float64()),
+        ("semantic_cluster", pa.int32()),
+        ("curriculum_stage", pa.int32()),
         ("n_tokens", pa.int64()),
         ("sampling", pa.string()),
         ("candidate_index", pa.int32()),
@@ -67,6 +70,7 @@ class ExplodeRows(PipelineStep):
                 "language": meta.get("language"),
                 "quality_score": meta.get("quality_score"),
                 "quality_bucket": meta.get("quality_bucket"),
+                "perplexity": meta.get("perplexity"),
             }
             if meta.get("keep_original", True):
                 self.stat_update("original")
