@@ -60,11 +60,22 @@ def plan_mix(docs: list[Document], share: float | None, max_upsample: float, see
 
 
 def _take(docs: list[Document], pool: list[int], tokens: list[int], budget: float, seed: int) -> set[int]:
-    """Rows of `pool` in seeded order while they bring the total closer to `budget`."""
+    """Rows of `pool` in seeded order while they bring the total closer to `budget`; then one pass that drops
+    kept rows and one that adds left-out rows, each only where it brings the total closer. On a small corpus a
+    single greedy pass can overshoot by most of a row (a few percent of the share); the two passes close that
+    gap, still in seeded order, so the choice stays deterministic and unbiased by length."""
+    order = [pool[i] for i in _order([docs[j] for j in pool], seed)]
     kept, total = set(), 0
-    for i in _order([docs[j] for j in pool], seed):
-        idx = pool[i]
+    for idx in order:
         if abs(total + tokens[idx] - budget) < abs(total - budget):
+            kept.add(idx)
+            total += tokens[idx]
+    for idx in order:
+        if idx in kept and abs(total - tokens[idx] - budget) < abs(total - budget):
+            kept.discard(idx)
+            total -= tokens[idx]
+    for idx in order:
+        if idx not in kept and abs(total + tokens[idx] - budget) < abs(total - budget):
             kept.add(idx)
             total += tokens[idx]
     return kept
