@@ -20,6 +20,32 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
+def _table(title: str, counts: dict) -> str:
+    return f"| {title} | tokens |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in counts.items()) + "\n"
+
+
+def _finalize_section(stats: dict) -> str:
+    """Tokens per prompt and quality bucket, and what semantic dedup, rebalancing and the curriculum did."""
+    ds, steps = stats["dataset"], stats["stages"]["finalize"]
+    parts = ["## Mix by prompt and quality bucket\n", _table("prompt", ds.get("tokens_by_prompt", {})), "",
+             _table("quality bucket", ds.get("tokens_by_bucket", {}))]  # fmt: skip
+    if sem := steps.get("semantic_dedup"):
+        removed = sum(v for k, v in sem.items() if k.startswith("duplicate_"))
+        curve = ", ".join(f"{k.removeprefix('would_drop_at_')}: {v}" for k, v in sem.items() if k.startswith("would_"))
+        parts.append(f"\nSemantic dedup removed {removed} of {sem.get('total', 0)} rows (rows removed per threshold: "
+                     f"{curve}).\n")  # fmt: skip
+    if reb := steps.get("rebalance"):
+        groups = sorted(k.removeprefix("tokens_in_") for k in reb if k.startswith("tokens_in_"))
+        rows = [f"| {g} | {reb[f'tokens_in_{g}']} | {reb.get(f'tokens_out_{g}', 0)} |" for g in groups]
+        header = "\n## Rebalancing (last rule)\n| group | tokens before | tokens after |\n|---|---|---|\n"
+        parts.append(header + "\n".join(rows) + "\n")
+    if cur := steps.get("curriculum"):
+        stages = sorted((int(k.split("_")[1]), v) for k, v in cur.items() if k.startswith("stage_"))
+        header = "\n## Curriculum\nRows are stored in curriculum order (`curriculum_stage` column).\n"
+        parts.append(header + "| stage | tokens |\n|---|---|\n" + "\n".join(f"| {i} | {v} |" for i, v in stages))
+    return "\n".join(parts)
+
+
 def write_card(cfg: Config, layout: Layout, stats: dict) -> None:
     rows = sum(stats["dataset"]["rows"].values())
     meta = {
@@ -65,6 +91,7 @@ Prompts: {", ".join(prompts) or "none"}.
 |---|---|
 {funnel}
 
+{_finalize_section(stats)}
 ## Generation
 Candidates generated: {stats["llm"]["candidates_generated"]}, accepted: {stats["llm"]["candidates_accepted"]}.
 Rejections by validator: `{json.dumps(stats["llm"]["rejections"])}`.

@@ -119,10 +119,13 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
     curate = step_stats(layout.logs / "curate")
     finalize = {**step_stats(layout.logs / "rows"), **step_stats(layout.logs / "finalize")}
     rephrase = next((v for k, v in curate.items() if k.endswith("rephrase")), {})
-    rows = pq.read_table(layout.dataset / "data", columns=["kind", "n_tokens", "prompt"]).to_pylist()
-    tokens = Counter()
+    columns = ["kind", "n_tokens", "prompt", "quality_bucket"]
+    rows = pq.read_table(layout.dataset / "data", columns=columns).to_pylist()
+    tokens, by_prompt, by_bucket = Counter(), Counter(), Counter()
     for row in rows:
         tokens[row["kind"]] += row["n_tokens"] or 0
+        by_prompt[row["prompt"] or "original"] += row["n_tokens"] or 0
+        by_bucket[str(row["quality_bucket"])] += row["n_tokens"] or 0
     total_tokens = sum(tokens.values())
     return {
         "run": cfg.run.name,
@@ -135,6 +138,8 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
             "synthetic_token_share": round(tokens["synthetic"] / total_tokens, 4) if total_tokens else 0.0,
             "target_synthetic_share": cfg.mix.synthetic_share,
             "rows_by_prompt": dict(Counter(r["prompt"] for r in rows if r["prompt"])),
+            "tokens_by_prompt": dict(by_prompt),
+            "tokens_by_bucket": dict(sorted(by_bucket.items())),
         },
         "llm": {
             "engine": cfg.rephrase.llm.engine,
