@@ -48,8 +48,14 @@ def print_summary(result: RunResult, pairs: int = 2) -> None:
     )
     for by in ("by_prompt", "by_bucket"):
         if llm.get(by):
-            shown = ", ".join(f"{k} {v['accepted']}/{v['attempted']}" for k, v in llm[by].items())
-            console.print(f"  accepted {by.replace('_', ' ')}: {shown}")
+            shown = ", ".join(
+                f"{k} {v['accepted']}/{v['attempted']} ({v['acceptance']:.0%})" for k, v in llm[by].items()
+            )
+            console.print(f"  documents accepted {by.replace('_', ' ')}: {shown}")
+    if llm.get("checked"):
+        failed = llm.get("failed_by", {})
+        shown = ", ".join(f"{k} {n - failed.get(k, 0)}/{n}" for k, n in sorted(llm["checked"].items()))
+        console.print(f"  candidates passing each validator: {shown}")
     ds = stats["dataset"]
     console.print(
         f"Dataset: {ds['rows']} rows, tokens {ds['tokens']}, synthetic share {ds['synthetic_token_share']:.3f} "

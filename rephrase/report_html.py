@@ -143,7 +143,7 @@ def _generation(docs: list[dict], llm: dict) -> dict:
     lengths = {"originals routed to rephrase": originals, "accepted rewrites": rewrites}
     colors = dict(zip(lengths, (COLORS["keep"], COLORS["rephrase"]), strict=True))
     cap = next((json.loads(p["rw"]["sampling"]).get("max_tokens") for p in pairs if p["rw"].get("sampling")), None)
-    checked = llm.get("checked", {})
+    checked, failed_by = llm.get("checked", {}), llm.get("failed_by", {})
     step = max(1.0, len(pairs) / PAIRS)
     return {
         "pairs": [pairs[int(i * step)] for i in range(min(PAIRS, len(pairs)))],
@@ -153,7 +153,12 @@ def _generation(docs: list[dict], llm: dict) -> dict:
             for k, v in sorted(prompts.items())
         ],
         "validators": [
-            {"name": k, "checked": checked.get(k), "median": statistics.median(scores[k]) if scores[k] else None}
+            {
+                "name": k,
+                "checked": checked.get(k),
+                "failed": failed_by.get(k, 0) if k in checked else None,
+                "median": statistics.median(scores[k]) if scores[k] else None,
+            }
             for k in sorted(set(checked) | set(scores))
         ],
         "rejections": sorted(llm.get("rejections", {}).items(), key=lambda kv: -kv[1]),

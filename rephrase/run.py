@@ -96,21 +96,32 @@ def read_docs(layout: Layout) -> list[dict]:
     return docs
 
 
-def acceptance(counters: dict, by: str) -> dict[str, dict]:
-    """Documents attempted and accepted per prompt (or quality bucket), from the LLM stage's counters."""
+def _outcomes(counters: dict, prefix: str) -> dict[str, dict]:
     groups: dict[str, dict] = {}
     for key, value in counters.items():
         for outcome in ("accepted", "failed"):
-            if key.startswith(f"{by}_{outcome}_"):
-                groups.setdefault(key.removeprefix(f"{by}_{outcome}_"), {"accepted": 0, "failed": 0})[outcome] = value
-    return {
-        name: {
-            "attempted": g["accepted"] + g["failed"],
+            if key.startswith(f"{prefix}_{outcome}_"):
+                name = key.removeprefix(f"{prefix}_{outcome}_")
+                groups.setdefault(name, {"accepted": 0, "failed": 0})[outcome] = value
+    return groups
+
+
+def acceptance(counters: dict, by: str) -> dict[str, dict]:
+    """Documents attempted and accepted per prompt (or quality bucket), from the LLM stage's counters, and the
+    same for their chunks: a long document is rewritten only if every chunk is, so both rates are shown."""
+    docs, chunks = _outcomes(counters, by), _outcomes(counters, f"{by}_chunks")
+    result = {}
+    for name, g in sorted(docs.items()):
+        attempted = g["accepted"] + g["failed"]
+        c = chunks.get(name, {"accepted": 0, "failed": 0})
+        result[name] = {
+            "attempted": attempted,
             "accepted": g["accepted"],
-            "acceptance": round(g["accepted"] / (g["accepted"] + g["failed"]), 4),
+            "acceptance": round(g["accepted"] / attempted, 4) if attempted else 0.0,
+            "chunks_attempted": c["accepted"] + c["failed"],
+            "chunks_accepted": c["accepted"],
         }
-        for name, g in sorted(groups.items())
-    }
+    return result
 
 
 def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str, float]) -> dict:

@@ -170,5 +170,41 @@ def test_acceptance_is_counted_per_prompt_and_bucket(tmp_path, monkeypatch) -> N
     step = make_step(tmp_path, engine, monkeypatch)
     list(step.run(iter(listed)))
     stats = step.stats
-    assert (stats["prompt_accepted_wikipedia"].total, stats["prompt_failed_wikipedia"].total) == (2, 1)
-    assert (stats["bucket_accepted_4"].total, stats["bucket_failed_4"].total) == (2, 1)
+    for key in ("prompt_{}_wikipedia", "bucket_{}_4"):
+        assert [stats[key.format(o)].total for o in ("attempted", "accepted", "failed")] == [3, 2, 1]
+
+
+def test_summary_reports_acceptance_per_prompt_and_bucket_with_chunks(tmp_path, monkeypatch) -> None:
+    """What stats.json shows under llm.by_prompt / llm.by_bucket, from the step's own counters; the long
+    document counts once as a document and once per chunk, and the task's last log line says the same."""
+    from datatrove.utils.logging import logger
+
+    from rephrase.run import acceptance
+
+    # one call per output cap: the two short documents, then the long one's two chunks; then d1 resampled
+    engine = ScriptedEngine([[[GOOD, GOOD], [SOURCE, SOURCE]], [[GOOD, GOOD], [GOOD, SOURCE]], [[SOURCE, SOURCE]]])
+    long = Document(
+        text=f"Section 1. {SOURCE}\n\nSection 2. {SOURCE}",
+        id="long",
+        metadata={"record": "f:5", "action": "rephrase", "prompts": ["wikipedia"], "quality_bucket": 3},
+    )
+    listed = [*docs()[:2], long]
+    listed[0].metadata["quality_bucket"] = listed[1].metadata["quality_bucket"] = 4
+    step = make_step(tmp_path, engine, monkeypatch)
+    step.chunk_tokens = 60
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+    try:
+        list(step.run(listed))
+    finally:
+        logger.remove(sink)
+    counters = {k: v.total for k, v in step.stats.stats.items()}
+    assert acceptance(counters, "prompt") == {
+        "wikipedia": {"attempted": 3, "accepted": 2, "acceptance": 0.6667, "chunks_attempted": 4, "chunks_accepted": 3}
+    }
+    assert acceptance(counters, "bucket") == {
+        "3": {"attempted": 1, "accepted": 1, "acceptance": 1.0, "chunks_attempted": 2, "chunks_accepted": 2},
+        "4": {"attempted": 2, "accepted": 1, "acceptance": 0.5, "chunks_attempted": 2, "chunks_accepted": 1},
+    }
+    summary = [line for line in lines if line.startswith("rephrase [task 0]")]
+    assert len(summary) == 1 and "3 documents, 2/3 rewrites accepted (66.7%), 400 output tokens" in summary[0]

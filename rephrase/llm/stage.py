@@ -17,16 +17,17 @@ import hashlib
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sized
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
-from tqdm import tqdm
 
 from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
 from rephrase.llm.checkpoint import GenerationLog, outcome_key
 from rephrase.llm.chunking import Job, combine, split_document
+from rephrase.llm.progress import StageProgress, Totals
 from rephrase.llm.prompts import Prompt
 from rephrase.llm.selection import select
 from rephrase.llm.validators import VALIDATORS, Validator
@@ -89,7 +90,8 @@ class RephraseStep(PipelineStep):
         self._built: dict[str, list[Validator]] = {}
         log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
         engine = None
-        progress = tqdm(desc=f"rephrase [task {rank}]", unit="doc", disable=None, dynamic_ncols=True)
+        self._totals = Totals()
+        progress = StageProgress(rank, len(data) if isinstance(data, Sized) else None)
         try:
             for batch in batched(data, self.batch_size):
                 jobs: dict[str, list[Job]] = defaultdict(list)
@@ -117,18 +119,8 @@ class RephraseStep(PipelineStep):
                         engine = engine or self._engine()
                         self._rewrite(engine, prompt, pending, log)
                     self._assemble(prompt, prompt_jobs)
-                progress.update(len(batch))
-                accepted, failed = (
-                    self.stats["accepted"].total,
-                    sum(v.total for k, v in self.stats.stats.items() if k.startswith("prompt_failed_")),
-                )
-                out_tokens, elapsed = self.stats["output_tokens"].total, progress.format_dict["elapsed"]
-                progress.set_postfix(
-                    accepted=f"{accepted}/{accepted + failed}",
-                    out_tok=int(out_tokens),
-                    tok_s=f"{out_tokens / elapsed:.0f}" if elapsed else "-",
-                    refresh=False,
-                )
+                self._totals.output_tokens = int(self.stats["output_tokens"].total)
+                progress.update(len(batch), self._totals)
                 yield from batch
         finally:
             progress.close()
@@ -164,6 +156,10 @@ class RephraseStep(PipelineStep):
         for parts in by_doc.values():
             doc = parts[0].doc
             rewrite, failure = combine(parts)
+            ok = sum("rewrite" in (job.outcome or {}) for job in parts)
+            for outcome, count in (("accepted", ok), ("failed", len(parts) - ok)):  # chunks, as _tally counts docs
+                self.stat_update(f"prompt_chunks_{outcome}_{prompt.spec.name}", value=count)
+                self.stat_update(f"bucket_chunks_{outcome}_{_bucket(doc)}", value=count)
             if rewrite is None:
                 self._fail(doc, prompt, *failure)
             else:
@@ -174,8 +170,11 @@ class RephraseStep(PipelineStep):
     def _tally(self, doc: Document, prompt: Prompt, outcome: str) -> None:
         """Outcomes per prompt and per quality bucket: which prompts the model cannot follow, and whether low
         buckets (the documents routed to rewriting) fail more often."""
-        self.stat_update(f"prompt_{outcome}_{prompt.spec.name}")
-        self.stat_update(f"bucket_{outcome}_{doc.metadata.get('quality_bucket', 'none')}")
+        name, bucket = prompt.spec.name, _bucket(doc)
+        self.stat_update(f"prompt_attempted_{name}", f"prompt_{outcome}_{name}")
+        self.stat_update(f"bucket_attempted_{bucket}", f"bucket_{outcome}_{bucket}")
+        self._totals.attempted += 1
+        self._totals.accepted += outcome == "accepted"
 
     def _fail(self, doc: Document, prompt: Prompt, reason: str, detail: str | None = None) -> None:
         self.stat_update(f"failed_{reason.split(',')[0]}")
@@ -281,3 +280,7 @@ class RephraseStep(PipelineStep):
                     log.put(job.key, job.outcome)
             log.commit()
             pending = retry
+
+
+def _bucket(doc: Document) -> str:
+    return str(doc.metadata.get("quality_bucket", "none"))

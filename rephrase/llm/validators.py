@@ -86,15 +86,21 @@ _META = re.compile("|".join(f"(?:{p})" for p in _META_PATTERNS), re.IGNORECASE |
 
 @VALIDATORS.register("no_meta_text")
 class NoMetaText(Validator):
-    """Refusals, chatter about the task and leaked chat-control tokens are not pretraining text."""
+    """Refusals, chatter about the task and leaked chat-control tokens are not pretraining text.
+
+    A phrase the source itself contains ("I'm sorry to announce...") is not held against the rewrite, but only
+    that phrase: a source with any meta text must not switch the check off, or a web page ending in "<|im_start|>"
+    would let "Sure! Here is the rewritten text:" through. Chat-control tokens are never forgiven.
+    """
 
     name = "no_meta_text"
 
     def __call__(self, source: str, candidate: Completion) -> Verdict:
         head_and_tail = candidate.text[:300] + "\n" + candidate.text[-300:]
-        match = _META.search(head_and_tail)
-        if match and not _META.search(source[:300] + "\n" + source[-300:]):
-            return Verdict(False, 0.0, "meta_text")
+        for match in _META.finditer(head_and_tail):
+            phrase = match.group(0).strip().lower()
+            if phrase.startswith("<|") or phrase not in source.lower():
+                return Verdict(False, 0.0, "meta_text")
         return Verdict(True, 1.0)
 
 
