@@ -14,7 +14,7 @@ shingles intact, so J = s/(2-s). With n=5, p=1% gives J=0.91 (always caught), 2%
 10% 0.42 (~1%). Short rows weigh one edit more: one word changed in a 40-word lead removes 5 of 36 shingles (J=0.76,
 ~80%). Shorter n-grams tolerate more edits (n=3: 5% gives J=0.75) but let unrelated text share more shingles.
 
-Stages (chain with `minhash_executors`, each depending on the one before):
+Stages (run in order by rephrase.executors, each after the one before):
   signatures  N tasks           rows -> RowIndex (row id and kind per position) -> MinhashDedupSignature
   buckets     num_buckets tasks MinhashDedupBuckets: pairs of rows sharing a band
   cluster     1 task            MinhashDedupCluster (union-find) -> ResolveTwins: twins.parquet (id -> kept id)
@@ -39,7 +39,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
-from datatrove.executor import LocalPipelineExecutor
 from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import minhash as dt
@@ -242,20 +241,3 @@ def minhash_stages(cfg: MinhashConfig, rows_reader: PipelineStep, folder: str, t
             1,
         ),
     ]
-
-
-def minhash_executors(
-    stages: list[MinhashStage], logging_dir: str, workers: int, depends: LocalPipelineExecutor | None = None
-) -> list[LocalPipelineExecutor]:
-    """One LocalPipelineExecutor per stage, each depending on the one before; run the last to run them all."""
-    executors: list[LocalPipelineExecutor] = []
-    for stage in stages:
-        depends = LocalPipelineExecutor(
-            stage.steps,
-            tasks=stage.tasks,
-            workers=min(workers, stage.tasks),
-            logging_dir=f"{logging_dir}/{stage.name}",
-            depends=depends,
-        )
-        executors.append(depends)
-    return executors

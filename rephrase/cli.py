@@ -54,12 +54,15 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rephrase.report import print_summary
-    from rephrase.run import run_config
+    from rephrase.report import print_submitted, print_summary
+    from rephrase.run import Submitted, run_config
 
     cfg = _config(args)
     result = run_config(cfg)
-    print_summary(result)
+    if isinstance(result, Submitted):
+        print_submitted(result)
+    else:
+        print_summary(result)
     return 0
 
 
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
     from rephrase.config import ConfigError
+    from rephrase.executors import StageFailed
     from rephrase.hub import PushError
     from rephrase.llm.prompts import PromptError
     from rephrase.run import PreflightError
@@ -206,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, PromptError, PreflightError, PushError, HfHubHTTPError, FileNotFoundError, ValueError) as e:
+    except (
+        ConfigError,
+        PromptError,
+        PreflightError,
+        StageFailed,
+        PushError,
+        HfHubHTTPError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"rephrase: error: {e}", file=sys.stderr)
         return 2
 

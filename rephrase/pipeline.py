@@ -1,12 +1,15 @@
-"""Config -> datatrove steps and executors. Assembly only: every behaviour lives in a step.
+"""Config -> the run's datatrove stages, in order. Assembly only: every behaviour lives in a step, and
+rephrase.executors decides what runs the stages (local processes, Ray, Slurm).
 
-Two datatrove stages run one after the other:
   curate   (N tasks): read -> extract HTML -> input checks -> language id -> heuristics -> exact dedup
                       -> quality score -> route -> rephrase -> work/docs
+           On Slurm, curate stops at route (work/filtered, CPU partition) and `rephrase` (its own task count, GPU
+           partition) reads work/filtered: a GPU is never held while pages are read and filtered.
   rows     (1 task):   work/docs -> rows (original + synthetic) -> exact dedup -> work/rows
   minhash  (datatrove's signature / bucket / cluster stages over work/rows, if enabled)
   finalize (1 task):   work/rows -> near-dedup -> [semantic dedup] -> token mix -> [rebalance] -> [curriculum]
                        -> dataset
+  finish   (Slurm only, 1 task): ledger, stats.json, card, push; local and Ray runs do this in-process.
 Every filter's exclusion writer is a LedgerWriter, so whatever a step removes is written with its reason.
 """
 
@@ -16,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from datatrove.executor import LocalPipelineExecutor
+from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import ParquetReader
 
@@ -25,11 +28,12 @@ from filters.dedup import ExactDedup
 from filters.heuristics import build_heuristic
 from filters.html import ExtractHtml
 from filters.language import LanguageId
-from filters.minhash import NearDedupFilter, minhash_executors, minhash_stages
+from filters.minhash import NearDedupFilter, minhash_stages
 from filters.perplexity import PerplexityFilter
 from filters.records import RecordCheck
 from filters.semantic import SemanticDedup
 from rephrase.config import Config
+from rephrase.executors import Stage
 from rephrase.inputs import ReadSources, build_readers
 from rephrase.ledger import LedgerWriter
 from rephrase.llm.prompts import select_prompts
@@ -106,32 +110,63 @@ def filter_steps(cfg: Config, ledger: str | None, calibration: str | None = None
     return steps
 
 
-def curate_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
+def read_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
+    """Reading and every filter up to routing: the CPU half of curate."""
     readers = []
     for source in cfg.input.sources:
         readers += build_readers(source, resolve_input_path(cfg, source.path), source.limit, layout.work / "inputs")
-    steps: list[PipelineStep] = [ReadSources(readers)]
     calibration = str(layout.calibration_file) if cfg.quality.scale == "percentile" else None
-    steps += [step for _, step in filter_steps(cfg, str(layout.work / "ledger" / "curate"), calibration)]
+    return [ReadSources(readers)] + [
+        step for _, step in filter_steps(cfg, str(layout.work / "ledger" / "curate"), calibration)
+    ]
+
+
+def rephrase_step(cfg: Config, layout: Layout) -> RephraseStep:
     prompt_names = {p for rule in cfg.routing.rules for p in rule.prompts}
-    if prompt_names:  # without an LLM stage there is nothing to overlap with
-        steps.append(Prefetch(cfg.rephrase.prefetch_docs))
-    steps.append(
-        RephraseStep(
-            cfg.rephrase.llm,
-            cfg.rephrase.sampling,
-            select_prompts(cfg.resolve(cfg.rephrase.prompts_dir), prompt_names),
-            cfg.rephrase.validators,
-            batch_size=cfg.rephrase.batch_size,
-            chunk_tokens=cfg.rephrase.chunk_tokens,
-            max_doc_tokens=cfg.rephrase.max_doc_tokens,
-            seed=cfg.run.seed,
-            checkpoint_dir=str(layout.work / "llm_checkpoints"),
-            server_log=str(layout.logs / "vllm-server.log"),
-        )
+    return RephraseStep(
+        cfg.rephrase.llm,
+        cfg.rephrase.sampling,
+        select_prompts(cfg.resolve(cfg.rephrase.prompts_dir), prompt_names),
+        cfg.rephrase.validators,
+        batch_size=cfg.rephrase.batch_size,
+        chunk_tokens=cfg.rephrase.chunk_tokens,
+        max_doc_tokens=cfg.rephrase.max_doc_tokens,
+        seed=cfg.run.seed,
+        checkpoint_dir=str(layout.work / "llm_checkpoints"),
+        server_log=str(layout.logs / "vllm-server.log"),
     )
-    steps.append(WorkWriter(str(layout.work / "docs")))
-    return steps
+
+
+def split_llm_stage(cfg: Config) -> bool:
+    return cfg.run.executor == "slurm"
+
+
+def llm_stage_name(cfg: Config) -> str:
+    """The stage whose tasks write work/docs and hold the LLM checkpoints."""
+    return "rephrase" if split_llm_stage(cfg) else "curate"
+
+
+def curate_stages(cfg: Config, layout: Layout) -> list[Stage]:
+    if split_llm_stage(cfg):
+        filtered = str(layout.work / "filtered")
+        return [
+            Stage("curate", [*read_steps(cfg, layout), WorkWriter(filtered)], cfg.run.tasks),
+            Stage(
+                "rephrase",
+                [
+                    ParquetReader(filtered, adapter=work_adapter, glob_pattern="*.parquet"),
+                    rephrase_step(cfg, layout),
+                    WorkWriter(str(layout.work / "docs")),
+                ],
+                cfg.run.slurm.llm_tasks or cfg.run.tasks,
+                gpu=True,
+            ),
+        ]
+    steps = read_steps(cfg, layout)
+    if any(rule.prompts for rule in cfg.routing.rules):  # without an LLM stage there is nothing to overlap with
+        steps.append(Prefetch(cfg.rephrase.prefetch_docs))
+    steps += [rephrase_step(cfg, layout), WorkWriter(str(layout.work / "docs"))]
+    return [Stage("curate", steps, cfg.run.tasks, gpu=True)]
 
 
 def rows_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
@@ -166,30 +201,34 @@ def final_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     return steps
 
 
-def build_executors(cfg: Config, layout: Layout) -> tuple[LocalPipelineExecutor, LocalPipelineExecutor]:
-    """(curate, final): running `final` runs its dependency chain rows -> [minhash x3] -> final first.
-
-    The stages after curate are global (dedup and mix need every row), so they run as single tasks except
-    MinHash's bucket stage, one task per band.
-    """
-    logs = layout.logs
-    curate = LocalPipelineExecutor(
-        curate_steps(cfg, layout),
-        tasks=cfg.run.tasks,
-        workers=min(cfg.run.workers, cfg.run.tasks),
-        logging_dir=str(logs / "curate"),
-    )
-    previous = LocalPipelineExecutor(
-        rows_steps(cfg, layout), tasks=1, workers=1, logging_dir=str(logs / "rows"), depends=curate
-    )
+def build_stages(cfg: Config, layout: Layout) -> list[Stage]:
+    """Every stage of a run in order. The stages after curate are global (dedup and mix need every row), so they
+    run as single tasks except MinHash's bucket stage, one task per band."""
+    stages = [*curate_stages(cfg, layout), Stage("rows", rows_steps(cfg, layout))]
     if cfg.dedup.minhash.enabled:
         reader = ParquetReader(str(layout.work / "rows"), adapter=work_adapter, glob_pattern="*.parquet")
-        stages = minhash_stages(cfg.dedup.minhash, reader, str(layout.work / "minhash"), tasks=1)
-        previous = minhash_executors(stages, str(logs / "minhash"), cfg.run.workers, depends=previous)[-1]
-    final = LocalPipelineExecutor(
-        final_steps(cfg, layout), tasks=1, workers=1, logging_dir=str(logs / "finalize"), depends=previous
-    )
-    return curate, final
+        for m in minhash_stages(cfg.dedup.minhash, reader, str(layout.work / "minhash"), tasks=1):
+            stages.append(Stage(f"minhash/{m.name}", m.steps, m.tasks))
+    stages.append(Stage("finalize", final_steps(cfg, layout)))
+    if cfg.run.executor == "slurm":
+        stages.append(Stage("finish", [FinishRun(cfg)]))
+    return stages
+
+
+class FinishRun(PipelineStep):
+    """The end of a run as a job of its own (Slurm): ledger, stats.json, card and push, after finalize."""
+
+    name, type = "finish", "📋 - FINISH"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from rephrase.run import finish_run
+
+        finish_run(self.cfg, Layout(Path(self.cfg.resolve(self.cfg.run.output))), {})
+        yield from ()
 
 
 def reset_finalize(layout: Layout) -> None:
@@ -199,6 +238,7 @@ def reset_finalize(layout: Layout) -> None:
         logs / "rows",
         logs / "minhash",
         logs / "finalize",
+        logs / "finish",
         work / "rows",
         work / "minhash",
         work / "ledger" / "finalize",

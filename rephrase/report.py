@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from rephrase.run import RunResult
+    from rephrase.run import RunResult, Submitted
 
 
 def _clip(text: str, n: int = 700) -> str:
@@ -85,3 +85,12 @@ def _original_text(layout, doc_id: str) -> str:
             if row["id"] == doc_id:
                 return row["text"]
     return "(original not found)"
+
+
+def print_submitted(result: Submitted) -> None:
+    """A Slurm run returns once its jobs are queued; say what was queued and where the outputs will appear."""
+    layout = result.layout
+    print(f"rephrase: submitted Slurm jobs {', '.join(result.job_ids)} (one per stage, each after the one before)")
+    print(f"  follow: squeue --me; task logs under {layout.logs}/<stage>/logs and {layout.logs}/<stage>/slurm")
+    print(f"  the last job writes {layout.dataset}, {layout.ledger_file} and {layout.stats_file}")
+    print("  a stage that fails stops the jobs after it: rerun the same command to resume (finished tasks are kept)")

@@ -1,5 +1,5 @@
-"""Run a config end to end: check everything that can fail before heavy work, run both datatrove stages, then
-write the ledger, stats.json and the dataset card."""
+"""Run a config end to end: check everything that can fail before heavy work, run (or submit) the datatrove
+stages, then write the ledger, stats.json and the dataset card."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from filters.classifiers import quality_summary
 from rephrase.calibrate import ensure_calibration
 from rephrase.card import write_card
 from rephrase.config import Config
+from rephrase.executors import merge_task_stats, run_stages
 from rephrase.ledger import build_ledger
-from rephrase.pipeline import Layout, build_executors, reset_finalize
+from rephrase.pipeline import Layout, build_stages, llm_stage_name, reset_finalize
 from rephrase.rows import write_empty_dataset
 
 
@@ -30,6 +31,14 @@ class RunResult:
     layout: Layout
     stats: dict
     ledger: list[dict]
+
+
+@dataclass
+class Submitted:
+    """A Slurm run: the jobs are queued and its last job writes the outputs."""
+
+    layout: Layout
+    job_ids: list[str]
 
 
 def preflight(cfg: Config, layout: Layout) -> None:
@@ -53,15 +62,18 @@ def preflight(cfg: Config, layout: Layout) -> None:
             raise PreflightError(f"model folder {model} has no config.json; run `rephrase models fetch` or fix model")
 
 
-def reopen_failed_llm_tasks(layout: Layout) -> list[int]:
+def reopen_failed_llm_tasks(layout: Layout, stage: str) -> list[int]:
     """Tasks whose documents hit engine errors (dead server, timeouts) are run again by the next run: their
     finished generations replay from the checkpoint, only the failed requests go to the model again."""
     reopened = []
     for f in sorted((layout.work / "docs").glob("*.parquet")):
+        rank = int(f.stem.split("_")[-1])
+        done = layout.logs / stage / "completions" / f"{rank:05d}"
+        if not done.exists():  # an unfinished task reruns anyway, and a killed one may have left half a file
+            continue
         metas = pq.read_table(f, columns=["meta"]).column("meta").to_pylist()
         if any('"llm_error"' in m for m in metas):
-            rank = int(f.stem.split("_")[-1])
-            (layout.logs / "curate" / "completions" / f"{rank:05d}").unlink(missing_ok=True)
+            done.unlink()
             reopened.append(rank)
     return reopened
 
@@ -127,7 +139,7 @@ def acceptance(counters: dict, by: str) -> dict[str, dict]:
 def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str, float]) -> dict:
     from collections import Counter
 
-    curate = step_stats(layout.logs / "curate")
+    curate = {**step_stats(layout.logs / "curate"), **step_stats(layout.logs / "rephrase")}
     finalize = {**step_stats(layout.logs / "rows"), **step_stats(layout.logs / "finalize")}
     rephrase = next((v for k, v in curate.items() if k.endswith("rephrase")), {})
     columns = ["kind", "n_tokens", "prompt", "quality_bucket"]
@@ -181,34 +193,33 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
     }
 
 
-def run_config(cfg: Config) -> RunResult:
+def run_config(cfg: Config) -> RunResult | Submitted:
     layout = Layout(Path(cfg.resolve(cfg.run.output)))
     preflight(cfg, layout)
-    curate, finalize = build_executors(cfg, layout)
-    if reopened := reopen_failed_llm_tasks(layout):
+    stages = build_stages(cfg, layout)
+    if reopened := reopen_failed_llm_tasks(layout, llm_stage_name(cfg)):
         print(f"rephrase: rerunning tasks {reopened}: their documents had engine errors (llm_error) last time")
-    timings = {}
-    start = time.perf_counter()
     ensure_calibration(cfg, layout.calibration_file)
-    curate.run()
-    incomplete = curate.get_incomplete_ranks()
-    if incomplete:
-        raise RuntimeError(
-            f"curate tasks {incomplete} failed; see {layout.logs / 'curate' / 'logs'}. Rerun the same command to "
-            "resume: finished tasks are kept."
-        )
-    timings["curate"] = round(time.perf_counter() - start, 2)
-    start = time.perf_counter()
     reset_finalize(layout)
-    if any((layout.work / "docs").glob("*.parquet")):
-        finalize.run()
-    else:  # every record was dropped before the LLM stage: an empty, still loadable dataset
-        write_empty_dataset(layout.dataset / "data")
-    name_shards(layout.dataset / "data")
-    timings["finalize"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    job_ids = run_stages(cfg.run, stages, layout.logs)
+    if job_ids:
+        return Submitted(layout, job_ids)
+    return finish_run(cfg, layout, {"pipeline": round(time.perf_counter() - start, 2)})
+
+
+def finish_run(cfg: Config, layout: Layout, timings: dict[str, float]) -> RunResult:
+    """After the last stage: ledger, stats.json, card and the optional push, from what the stages wrote."""
+    start = time.perf_counter()
+    for stats_dir in {p.parent.parent for p in layout.logs.glob("**/stats/*.json")}:
+        merge_task_stats(stats_dir)  # Slurm merges in jobs of its own that may not have run yet
+    data = layout.dataset / "data"
+    if not any(data.glob("*.parquet")):  # every record was dropped before the dataset: empty, still loadable
+        write_empty_dataset(data)
+    name_shards(data)
     docs = read_docs(layout)
     ledger = build_ledger(layout.work, docs, layout.ledger_file)
-    stats = summarize(cfg, layout, ledger, timings)
+    stats = summarize(cfg, layout, ledger, {**timings, "finish": round(time.perf_counter() - start, 2)})
     layout.stats_file.write_text(json.dumps(stats, indent=2, ensure_ascii=False))
     write_card(cfg, layout, stats)
     if cfg.output.push is not None:

@@ -84,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
     from datatrove.pipeline.dedup import minhash as dt
     from datatrove.pipeline.readers import ParquetReader
 
-    from filters.minhash import MinhashConfig, NearDedupFilter, datatrove_config, minhash_executors, minhash_stages
+    from filters.minhash import MinhashConfig, NearDedupFilter, datatrove_config, minhash_stages
     from rephrase.ledger import LedgerWriter
 
     work, rows = Path(args.work), args.rows
@@ -94,7 +94,12 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "rephrase":
         stages = minhash_stages(cfg, ParquetReader(rows), mh, args.tasks)
         names = [s.name for s in stages]
-        executors = minhash_executors(stages, logs, args.workers)
+        executors = [
+            LocalPipelineExecutor(
+                s.steps, tasks=s.tasks, workers=min(args.workers, s.tasks), logging_dir=f"{logs}/{s.name}"
+            )
+            for s in stages
+        ]
         last = [ParquetReader(rows), NearDedupFilter(mh, ledger)]
     else:
         d = datatrove_config(cfg)

@@ -7,7 +7,7 @@ from rephrase.config import ConfigError, load_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "gpu.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "gpu.yaml", "slurm.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)
     assert cfg.input.sources and cfg.rephrase.sampling.n >= 1
@@ -61,4 +61,11 @@ def test_route_rule_needs_prompts(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("input:\n  sources: [{path: x.jsonl}]\nrouting:\n  rules: [{action: rephrase}]\n")
     with pytest.raises(ConfigError, match=r"routing\.rules\.0"):
+        load_config(path)
+
+
+def test_slurm_executor_without_its_section_says_what_to_add(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("input:\n  sources: [{path: x.jsonl}]\nrun: {executor: slurm}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: run: .*executor slurm needs a run.slurm section"):
         load_config(path)

@@ -23,9 +23,10 @@ from filters.minhash import (
     MinhashConfig,
     NearDedupFilter,
     jaccard_threshold,
-    minhash_executors,
     minhash_stages,
 )
+from rephrase.config import RunConfig
+from rephrase.executors import Stage, run_stages
 from rephrase.ledger import LedgerWriter
 
 N_BASE = 150
@@ -82,8 +83,7 @@ def rows(wiki_texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> tup
 def near_dedup(rows_folder: Path, work: Path, cfg: MinhashConfig) -> tuple[list[str], dict[str, dict]]:
     """Run the three minhash stages and the filter; (kept row ids, dropped id -> ledger row with its detail)."""
     stages = minhash_stages(cfg, ParquetReader(str(rows_folder)), str(work / "minhash"), tasks=2)
-    executors = minhash_executors(stages, str(work / "logs"), workers=1)
-    executors[-1].run()
+    run_stages(RunConfig(), [Stage(m.name, m.steps, m.tasks) for m in stages], work / "logs")
     step = NearDedupFilter(str(work / "minhash"), LedgerWriter(str(work / "ledger"), "near_dedup"))
     kept = [d.id for d in step(ParquetReader(str(rows_folder))(None, 0, 1), 0, 1)]
     dropped = {}
