@@ -99,7 +99,7 @@ def fake_sbatch(bin_dir: Path, record: Path) -> None:
     script = bin_dir / "sbatch"
     script.write_text(
         "#!/usr/bin/env bash\n"
-        f'n=$(( $(ls {record} | wc -l) + 101 ))\n'
+        f"n=$(( $(ls {record} | wc -l) + 101 ))\n"
         f'{{ echo "ARGS $*"; cat "${{@: -1}}"; }} > {record}/$n.sbatch\n'
         'echo "Submitted batch job $n"\n'
     )
