@@ -208,3 +208,17 @@ def test_summary_reports_acceptance_per_prompt_and_bucket_with_chunks(tmp_path, 
     }
     summary = [line for line in lines if line.startswith("rephrase [task 0]")]
     assert len(summary) == 1 and "3 documents, 2/3 rewrites accepted (66.7%), 400 output tokens" in summary[0]
+
+
+def test_a_torn_checkpoint_line_is_cut_so_the_next_entry_survives(tmp_path) -> None:
+    """A kill mid-write leaves half a line; appending after it would glue the next entry to it and lose both."""
+    from rephrase.llm.checkpoint import GenerationLog
+
+    path = tmp_path / "00000.jsonl"
+    path.write_text('{"key": "a", "outcome": {"failure": "x"}}\n{"key": "b", "outc')
+    log = GenerationLog(path)
+    assert log.get("a") == {"failure": "x"} and log.get("b") is None
+    log.put("c", {"failure": "y"})
+    log.close()
+    reread = GenerationLog(path)
+    assert (len(reread), reread.get("c")) == (2, {"failure": "y"})

@@ -25,13 +25,17 @@ class GenerationLog:
         self.path = path
         self.entries: dict[str, dict] = {}
         if path.is_file():
-            with path.open("rb") as f:
-                for raw in f:
-                    try:
-                        entry = json.loads(raw)
-                    except ValueError:
-                        continue  # the torn last line of a killed run
-                    self.entries[entry["key"]] = entry["outcome"]
+            data = path.read_bytes()
+            whole = data[: data.rfind(b"\n") + 1]
+            for raw in whole.splitlines():
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    continue
+                self.entries[entry["key"]] = entry["outcome"]
+            if len(whole) < len(data):  # the torn last line of a killed run: cut, or the next line would join it
+                with path.open("r+b") as f:
+                    f.truncate(len(whole))
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = path.open("a", encoding="utf-8")
 
