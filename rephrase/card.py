@@ -46,6 +46,16 @@ def _finalize_section(stats: dict) -> str:
     return "\n".join(parts)
 
 
+def source_datasets(cfg: Config) -> list[str]:
+    """Hub datasets the input came from (`hf://datasets/org/name/...` sources), as the card's `source_datasets`."""
+    ids = []
+    for source in cfg.input.sources:
+        if source.path.startswith("hf://datasets/"):
+            org, _, rest = source.path.removeprefix("hf://datasets/").partition("/")
+            ids.append(f"{org}/{rest.split('/')[0].split('@')[0]}")
+    return sorted(set(ids))
+
+
 def write_card(cfg: Config, layout: Layout, stats: dict) -> None:
     rows = sum(stats["dataset"]["rows"].values())
     meta = {
@@ -54,11 +64,21 @@ def write_card(cfg: Config, layout: Layout, stats: dict) -> None:
         "task_categories": ["text-generation"],
         "size_categories": [_size_category(rows)],
         "tags": ["synthetic", "rephrased", "pretraining"],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        **({"source_datasets": ids} if (ids := source_datasets(cfg)) else {}),
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in stats["dataset"]["splits"]],
+            }
+        ],
     }
     prompts = sorted({p for p in stats["dataset"]["rows_by_prompt"]})
     funnel = "\n".join(f"| {k} | {v} |" for k, v in sorted(stats["drops"].items(), key=lambda kv: -kv[1]))
     fates = "\n".join(f"| {k} | {v} |" for k, v in stats["fates"].items())
+    sources = "\n".join(
+        f"- `{src.path}`" + (f" (first {src.limit} records per task)" if src.limit >= 0 else "")
+        for src in cfg.input.sources
+    )
     body = (
         f"""# {meta["pretty_name"]}
 
@@ -80,7 +100,12 @@ Columns: `id`, `text`, `kind` (`original` | `synthetic`), `source_id` (input doc
         + f"""
 
 Synthetic token share: {stats["dataset"]["synthetic_token_share"]:.3f} (target: {cfg.mix.synthetic_share}).
+Splits (rows): {", ".join(f"{k} {v}" for k, v in stats["dataset"]["splits"].items())}; a source document and its
+rewrites are always in the same split.
 Prompts: {", ".join(prompts) or "none"}.
+
+## Sources
+{sources}
 
 ## What happened to the {stats["records"]} input records
 | fate | records |

@@ -29,7 +29,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _updates(args: argparse.Namespace) -> dict:
     updates: dict = {}
     if args.input:
-        source = {"path": str(Path(args.input).resolve()) if "*" not in args.input else args.input}
+        keep = "*" in args.input or "://" in args.input  # globs and URLs (hf://datasets/...) are taken as given
+        source = {"path": args.input if keep else str(Path(args.input).resolve())}
         if args.limit is not None:
             source["limit"] = args.limit
         updates["input.sources"] = [source]

@@ -264,6 +264,13 @@ class OutputConfig(Strict):
         None, description="Push OUT/dataset to the Hub when the run ends, as `rephrase push` does (token: HF_TOKEN)."
     )
     shard_max_bytes: int = Field(256 * 2**20, ge=2**20, description="Parquet shards rotate at this size.")
+    validation_share: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Share of source documents held out as a `validation` split (seeded); a document and its "
+        "rewrites always share a split. 0: train only.",
+    )
     license: str = Field("other", description="License in the dataset card metadata.")
     pretty_name: str | None = None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import posixpath
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,8 +144,29 @@ def detect_format(path: str) -> str | None:
     return None
 
 
+def is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _expand_url(path: str) -> list[str]:
+    """The same for fsspec URLs (`hf://datasets/org/name/data/*.parquet`, `s3://...`): datatrove's readers open
+    them through fsspec, so only the listing is needed here."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    if any(ch in root for ch in "*?["):
+        found = fs.glob(root)
+    elif fs.isdir(root):
+        found = fs.find(root)
+    else:
+        found = [root] if fs.exists(root) else []
+    return sorted(fs.unstrip_protocol(f) for f in found if detect_format(f) and fs.isfile(f))
+
+
 def expand_source(path: str) -> list[str]:
     """Files named by a file, a glob or a folder (recursively), sorted so every task sees the same order."""
+    if is_url(path):
+        return _expand_url(path)
     if any(ch in path for ch in "*?["):
         files = glob.glob(path, recursive=True)
     elif os.path.isdir(path):
@@ -171,7 +193,11 @@ def build_readers(source: SourceConfig, path: str, limit: int, paths_dir: Path) 
         by_format.setdefault(fmt, []).append(f)
     readers = []
     for fmt, fmt_files in by_format.items():
-        root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in fmt_files])
+        if is_url(path):
+            protocol = fmt_files[0].split("://", 1)[0] + "://"
+            root = protocol + posixpath.commonpath([posixpath.dirname(f.split("://", 1)[1]) for f in fmt_files])
+        else:
+            root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in fmt_files])
         paths_file = _paths_file(paths_dir, root, fmt_files)
         readers.append(
             READERS[fmt](
@@ -186,7 +212,10 @@ def build_readers(source: SourceConfig, path: str, limit: int, paths_dir: Path) 
 
 
 def _paths_file(paths_dir: Path, root: str, files: list[str]) -> str:
-    rel = [os.path.relpath(os.path.abspath(f), root) for f in files]
+    if is_url(root):
+        rel = [f.removeprefix(root).lstrip("/") for f in files]
+    else:
+        rel = [os.path.relpath(os.path.abspath(f), root) for f in files]
     digest = hashlib.sha1((root + "\n" + "\n".join(rel)).encode()).hexdigest()[:16]
     paths_dir.mkdir(parents=True, exist_ok=True)
     target = paths_dir / f"paths-{digest}.txt"

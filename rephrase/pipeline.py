@@ -196,7 +196,9 @@ def final_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
         steps.append(Curriculum(cfg.curriculum, cfg.run.seed))
     steps += [
         Tap(LedgerWriter(ledger, "dataset")),
-        DatasetWriter(str(layout.dataset / "data"), cfg.output.shard_max_bytes),
+        DatasetWriter(
+            str(layout.dataset / "data"), cfg.output.shard_max_bytes, cfg.output.validation_share, cfg.run.seed
+        ),
     ]
     return steps
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import ParquetWriter
+from xxhash import xxh3_64_intdigest
 
 WORK_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("meta", pa.string())])
 
@@ -88,16 +89,28 @@ class ExplodeRows(PipelineStep):
 
 
 class DatasetWriter(ParquetWriter):
-    """Hub layout: data/train-<rank>.parquet, rotated at `max_file_size`, one explicit typed schema."""
+    """Hub layout: data/{train,validation}-<rank>.parquet, rotated at `max_file_size`, one explicit typed schema.
 
-    def __init__(self, folder: str, max_file_size: int) -> None:
+    A row's split is a seeded hash of its `source_id`, so an original and all its rewrites land in the same split:
+    a held-out document is never trained on in another register.
+    """
+
+    def __init__(self, folder: str, max_file_size: int, validation_share: float = 0.0, seed: int = 0) -> None:
         super().__init__(
             folder,
-            output_filename="train-${rank}.parquet",
+            output_filename="${split}-${rank}.parquet",
             schema=DATASET_SCHEMA,
             max_file_size=max_file_size,
             batch_size=500,
         )
+        self.validation_share, self.seed = validation_share, seed
+
+    def write(self, document: Document, rank: int = 0, **kwargs) -> None:
+        source = document.metadata.get("source_id") or document.id
+        draw = xxh3_64_intdigest(f"{self.seed}:split:{source}") / 2**64
+        split = "validation" if draw < self.validation_share else "train"
+        self.stat_update(f"split_{split}")
+        super().write(document, rank, split=split, **kwargs)
 
     def _default_adapter(self, document: Document) -> dict:
         meta = document.metadata

@@ -79,10 +79,13 @@ def reopen_failed_llm_tasks(layout: Layout, stage: str) -> list[int]:
 
 
 def name_shards(folder: Path) -> None:
-    """Hub naming: train-00000-of-00003.parquet, in datatrove's file order."""
-    files = sorted(folder.glob("*.parquet"))
-    for i, f in enumerate(files):
-        f.rename(folder / f"train-{i:05d}-of-{len(files):05d}.parquet")
+    """Hub naming per split: train-00000-of-00003.parquet, validation-00000-of-00001.parquet, in file order."""
+    splits: dict[str, list[Path]] = {}
+    for f in sorted(folder.glob("*.parquet")):
+        splits.setdefault("validation" if "validation-" in f.name else "train", []).append(f)
+    for split, files in splits.items():
+        for i, f in enumerate(files):
+            f.rename(folder / f"{split}-{i:05d}-of-{len(files):05d}.parquet")
 
 
 def step_stats(logging_dir: Path) -> dict[str, dict]:
@@ -144,6 +147,10 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
     rephrase = next((v for k, v in curate.items() if k.endswith("rephrase")), {})
     columns = ["kind", "n_tokens", "prompt", "quality_bucket"]
     rows = pq.read_table(layout.dataset / "data", columns=columns).to_pylist()
+    splits = {
+        split: sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((layout.dataset / "data").glob(f"{split}-*")))
+        for split in ("train", "validation")
+    }
     tokens, by_prompt, by_bucket = Counter(), Counter(), Counter()
     for row in rows:
         tokens[row["kind"]] += row["n_tokens"] or 0
@@ -157,6 +164,7 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
         "drops": dict(Counter(f"{r['stage']}/{r['reason']}" for r in ledger if r["fate"] == "dropped")),
         "dataset": {
             "rows": dict(Counter(r["kind"] for r in rows)),
+            "splits": {k: v for k, v in splits.items() if v or k == "train"},
             "tokens": dict(tokens),
             "synthetic_token_share": round(tokens["synthetic"] / total_tokens, 4) if total_tokens else 0.0,
             "target_synthetic_share": cfg.mix.synthetic_share,

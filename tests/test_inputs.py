@@ -123,3 +123,33 @@ def test_folder_and_glob_expansion(tmp_path: Path) -> None:
 def test_missing_input_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="matches no readable file"):
         build_readers(SourceConfig(path="x"), str(tmp_path / "nothing"), -1, tmp_path)
+
+
+def test_fsspec_urls_are_listed_and_read_like_local_files(tmp_path: Path, wiki_texts: list[str]) -> None:
+    """`hf://datasets/...` cannot be reached here; any fsspec URL takes the same path (listing here, reading in
+    datatrove's readers), so an in-memory filesystem stands in for the Hub."""
+    import json
+
+    import fsspec
+
+    from rephrase.config import load_config
+    from rephrase.run import run_config
+
+    fs = fsspec.filesystem("memory")
+    for part in range(2):
+        rows = [
+            json.dumps({"id": f"m{part}-{i}", "text": t}) for i, t in enumerate(wiki_texts[part * 3 : part * 3 + 3])
+        ]
+        fs.pipe(f"/corpus/part{part}.jsonl", ("\n".join(rows) + "\n").encode())
+    fs.pipe("/corpus/notes.txt", b"not an input")
+    files = expand_source("memory://corpus/*")
+    assert [f.rsplit("/", 1)[-1] for f in files] == ["part0.jsonl", "part1.jsonl"] and files[0].startswith("memory:")
+    assert expand_source("memory://corpus/") == files
+    cfg = load_config(
+        Path(__file__).resolve().parent.parent / "configs" / "demo.yaml",
+        ["routing.rules=[{action: keep}]", "mix.synthetic_share=null", "language.enabled=false"],
+        {"input.sources": [{"path": "memory://corpus/"}], "run.output": str(tmp_path / "out")},
+    )
+    result = run_config(cfg)
+    assert sorted(r["record"] for r in result.ledger) == [f"part{p}.jsonl:{i}" for p in range(2) for i in (1, 2, 3)]
+    assert sum(r["fate"] == "kept" for r in result.ledger) >= 4
