@@ -27,8 +27,10 @@ def _table(title: str, counts: dict) -> str:
 def _finalize_section(stats: dict) -> str:
     """Tokens per prompt and quality bucket, and what semantic dedup, rebalancing and the curriculum did."""
     ds, steps = stats["dataset"], stats["stages"]["finalize"]
-    parts = ["## Mix by prompt and quality bucket\n", _table("prompt", ds.get("tokens_by_prompt", {})), "",
-             _table("quality bucket", ds.get("tokens_by_bucket", {}))]  # fmt: skip
+    files = dict(list(ds.get("tokens_by_source_file", {}).items())[:50])
+    parts = ["## Mix by prompt, quality bucket and input file\n", _table("prompt", ds.get("tokens_by_prompt", {})),
+             "", _table("quality bucket", ds.get("tokens_by_bucket", {})), "",
+             _table("input file (top 50)", files)]  # fmt: skip
     if sem := steps.get("semantic_dedup"):
         removed = sum(v for k, v in sem.items() if k.startswith("duplicate_"))
         curve = ", ".join(f"{k.removeprefix('would_drop_at_')}: {v}" for k, v in sem.items() if k.startswith("would_"))
@@ -87,7 +89,8 @@ heuristics and a fastText quality classifier; selected documents rewritten by `{
 ({cfg.rephrase.llm.engine} engine) with rejection sampling; exact dedup over originals and rewrites; mixed by tokens.
 
 ## Rows
-Columns: `id`, `text`, `kind` (`original` | `synthetic`), `source_id` (input document a row came from), `prompt`
+Columns: `id`, `text`, `kind` (`original` | `synthetic`), `source_id` (input document a row came from),
+`source_record` (its input file and line), `prompt`
 (name@version, null for originals), `prompt_hash`, `model`, `model_revision`, `language`, `quality_score`,
 `quality_bucket`, `n_tokens`, `sampling`, `candidate_index`, `attempts`, `validators` (JSON: each validator's score).
 

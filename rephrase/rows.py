@@ -25,6 +25,7 @@ DATASET_SCHEMA = pa.schema(
         ("text", pa.string()),
         ("kind", pa.string()),
         ("source_id", pa.string()),
+        ("source_record", pa.string()),
         ("prompt", pa.string()),
         ("prompt_hash", pa.string()),
         ("model", pa.string()),
@@ -115,7 +116,7 @@ class DatasetWriter(ParquetWriter):
     def _default_adapter(self, document: Document) -> dict:
         meta = document.metadata
         row = {name: meta.get(name) for name in DATASET_SCHEMA.names}
-        row.update(id=document.id, text=document.text)
+        row.update(id=document.id, text=document.text, source_record=meta.get("record"))
         return row
 
 

@@ -145,17 +145,18 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
     curate = {**step_stats(layout.logs / "curate"), **step_stats(layout.logs / "rephrase")}
     finalize = {**step_stats(layout.logs / "rows"), **step_stats(layout.logs / "finalize")}
     rephrase = next((v for k, v in curate.items() if k.endswith("rephrase")), {})
-    columns = ["kind", "n_tokens", "prompt", "quality_bucket"]
+    columns = ["kind", "n_tokens", "prompt", "quality_bucket", "source_record"]
     rows = pq.read_table(layout.dataset / "data", columns=columns).to_pylist()
     splits = {
         split: sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((layout.dataset / "data").glob(f"{split}-*")))
         for split in ("train", "validation")
     }
-    tokens, by_prompt, by_bucket = Counter(), Counter(), Counter()
+    tokens, by_prompt, by_bucket, by_source = Counter(), Counter(), Counter(), Counter()
     for row in rows:
         tokens[row["kind"]] += row["n_tokens"] or 0
         by_prompt[row["prompt"] or "original"] += row["n_tokens"] or 0
         by_bucket[str(row["quality_bucket"])] += row["n_tokens"] or 0
+        by_source[(row["source_record"] or "?").rsplit(":", 1)[0]] += row["n_tokens"] or 0
     total_tokens = sum(tokens.values())
     return {
         "run": cfg.run.name,
@@ -171,6 +172,7 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
             "rows_by_prompt": dict(Counter(r["prompt"] for r in rows if r["prompt"])),
             "tokens_by_prompt": dict(by_prompt),
             "tokens_by_bucket": dict(sorted(by_bucket.items())),
+            "tokens_by_source_file": dict(by_source.most_common()),
         },
         "llm": {
             "engine": cfg.rephrase.llm.engine,
