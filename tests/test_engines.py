@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rephrase.llm.engine import Engine, Sampling, build_engine
+from rephrase.llm.prompts import load_prompts
 from rephrase.llm.server import OpenAIServerEngine, ServerError, ServerOptions, VLLMServer, engine_args_to_flags
 from rephrase.models import BUNDLED_NAME, BUNDLED_REF, resolve_model
 
@@ -23,6 +24,7 @@ CPU_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
 SAMPLING = Sampling(temperature=0.2, top_p=0.95, max_tokens=16, seed=0)
 JAPAN = [{"role": "user", "content": "What is the capital of Japan?"}]
 COLORS = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name three colors."}]
+PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,24 @@ def test_transformers_engine_is_deterministic_per_seed(engine: Engine) -> None:
     sampling = Sampling(temperature=0.7, max_tokens=16, seed=3)
     first, second = (engine.generate([COLORS], n=2, sampling=sampling) for _ in range(2))
     assert first == second
+
+
+@pytest.mark.slow
+def test_spawned_server_killed_mid_run_is_restarted_and_the_call_answered(engine: Engine) -> None:
+    """SIGKILL of the server's whole group (what the OOM killer or a preemption does): the next call fails to
+    connect, the engine starts the server again on the same port and sends the failed conversations once more."""
+    if not isinstance(engine, OpenAIServerEngine) or engine.server is None:
+        pytest.skip("only a server the engine spawned is restarted")
+    server = engine.server
+    old_pid, url, restarts = server.process.pid, engine.base_url, engine.restarts_left
+    os.killpg(old_pid, 9)
+    server.process.wait()
+    out = engine.generate([JAPAN, COLORS], n=2, sampling=SAMPLING)
+    assert all(g.error is None and len(g.completions) == 2 for g in out), [g.error for g in out]
+    assert server.process.pid != old_pid and engine.base_url == url and engine.restarts_left == restarts - 1
+    assert server.healthy()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(old_pid, 0)
 
 
 def _dead_url() -> str:
@@ -184,3 +204,44 @@ def test_server_dies_with_its_parent(env: Path, model: str) -> None:
         time.sleep(0.2)
     os.killpg(int(server_pid), 9)
     pytest.fail(f"server {server_pid} outlived its parent by 30 s")
+
+
+@pytest.mark.slow
+def test_vllm_offline_n_candidates_are_one_request_per_document(engine: Engine, wiki_texts: list[str]) -> None:
+    """Best-of-n costs one request per document: one `LLM.chat` call carrying SamplingParams(n=4), answered with
+    one RequestOutput per document holding the 4 candidates. vLLM runs the 4 samples as child requests of that
+    one; their prompt is computed once and reused from the prefix cache in whole KV blocks (128 tokens on CPU),
+    so each RequestOutput reports its prompt's full blocks as cached. The cache hit covers document tokens, which
+    no other conversation shares, and a fresh document asked for n=1 reports none: the reuse is between siblings."""
+    if type(engine).__name__ != "VLLMEngine":
+        pytest.skip("the offline vLLM engine's requests are what is counted here")
+    prompt = load_prompts(PROMPTS)["wikipedia"]
+    llm = engine.llm
+    block = llm.llm_engine.vllm_config.cache_config.block_size
+    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    docs = [prompt.messages(t) for t in wiki_texts[40:60] if len(t) > 400][:4]
+    calls: list[tuple[int, int, list]] = []
+    chat = llm.chat
+
+    def spy(conversations, params, **kwargs):
+        outputs = chat(conversations, params, **kwargs)
+        calls.append((len(conversations), params.n, outputs))
+        return outputs
+
+    llm.chat = spy
+    short = Sampling(temperature=0.7, max_tokens=8)  # every sample runs to the cap, so all 4 finish together
+    try:
+        out = engine.generate(docs[:3], 4, short)
+        control = engine.generate(docs[3:], 1, short)
+    finally:
+        del llm.chat
+    assert [(n_conv, n) for n_conv, n, _ in calls] == [(3, 4), (1, 1)]
+    outputs = calls[0][2]
+    assert [len(o.outputs) for o in outputs] == [4, 4, 4] and all(len(g.completions) == 4 for g in out)
+    assert len({o.request_id for o in outputs}) == 3 and control[0].error is None
+    ids = [o.prompt_token_ids for o in outputs]
+    shared_template = next(i for i, toks in enumerate(zip(*ids, strict=False)) if len(set(toks)) > 1)
+    for o in outputs:
+        assert len(o.prompt_token_ids) > block > shared_template
+        assert o.num_cached_tokens == len(o.prompt_token_ids) // block * block, o
+    assert calls[1][2][0].num_cached_tokens == 0

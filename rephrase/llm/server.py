@@ -146,7 +146,7 @@ class VLLMServer:
         if self.process is not None:
             raise ServerError(f"server for {self.model} is already started at {self.base_url}")
         cpu_env_defaults()
-        self.port = self.options.port or free_port(self.options.host)
+        self.port = self.port or self.options.port or free_port(self.options.host)  # a restart keeps its port
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         with self.log_path.open("ab") as log:
@@ -179,6 +179,21 @@ class VLLMServer:
             f"vLLM server not healthy after {self.options.startup_timeout_s:.0f} s (raise startup_timeout_s if the "
             f"model is large)\n{self.log_tail()}"
         )
+
+    def healthy(self, timeout_s: float = 10) -> bool:
+        """The process is alive and /health answers 200 within `timeout_s` (a hung engine does not)."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            return httpx.get(f"{self.base_url}/health", timeout=timeout_s).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def restart(self) -> None:
+        """Stop whatever is left of the server and start it again on the same port, so clients keep their URL."""
+        logger.warning("vLLM server on %s is dead or hung; restarting it\n%s", self.base_url, self.log_tail(20))
+        self.stop()
+        self.start()
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -227,6 +242,10 @@ class OpenAIServerEngine(LazyTokenizer):
     pool survives between calls). Timeouts, connection errors, 408/409/429 and 5xx are retried by the openai
     client itself, `max_retries` times with exponential backoff (0.5 s doubling, at most 8 s, logged by the
     `openai` logger); a request that still fails becomes that conversation's `Generation.error`.
+
+    A server this engine started and that died or hung (killed by the OOM killer, a crashed engine core) is
+    restarted, at most `max_restarts` times per engine, and the failed conversations of that call are sent once
+    more; an existing server (`server_url`) is not ours to restart, so its failures are only recorded.
     """
 
     def __init__(
@@ -239,10 +258,12 @@ class OpenAIServerEngine(LazyTokenizer):
         max_concurrency: int = 64,
         max_retries: int = 3,
         server: VLLMServer | None = None,
+        max_restarts: int = 2,
     ) -> None:
         from openai import AsyncOpenAI
 
         self.model, self.server, self.max_concurrency = model, server, max_concurrency
+        self.restarts_left = max_restarts
         self.model_id, self.model_revision = model_identity(model)
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self._loop = asyncio.new_event_loop()
@@ -274,7 +295,17 @@ class OpenAIServerEngine(LazyTokenizer):
         raise ServerError(f"server {self.base_url} serves {ids}, none of them {self.model!r}; set the model to one")
 
     def generate(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
-        return self._loop.run_until_complete(self._generate_all(conversations, n, sampling))
+        results = self._loop.run_until_complete(self._generate_all(conversations, n, sampling))
+        failed = [i for i, g in enumerate(results) if g.error is not None]
+        if failed and self.server is not None and self.restarts_left > 0 and not self.server.healthy():
+            self.restarts_left -= 1
+            self.server.restart()
+            retried = self._loop.run_until_complete(
+                self._generate_all([conversations[i] for i in failed], n, sampling)
+            )
+            for i, generation in zip(failed, retried, strict=True):
+                results[i] = generation
+        return results
 
     async def _generate_all(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
         limit = asyncio.Semaphore(self.max_concurrency)
