@@ -12,7 +12,9 @@ DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--input", help="file, glob or folder of .jsonl[.gz] / .parquet / .warc[.gz]; replaces input.sources"
+        "--input",
+        help="file, glob, folder or fsspec URL (hf://datasets/...) of .jsonl[.gz] / .parquet / .warc[.gz]; "
+        "replaces input.sources",
     )
     p.add_argument("--output", help="output folder (dataset/, ledger/, stats.json); default from the config")
     p.add_argument("--limit", type=int, help="records read per task from each source (-1: all)")

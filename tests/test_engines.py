@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from rephrase.llm.engine import Engine, Sampling, build_engine
+from rephrase.llm.openai_engine import OpenAIServerEngine
 from rephrase.llm.prompts import load_prompts
-from rephrase.llm.server import OpenAIServerEngine, ServerError, ServerOptions, VLLMServer, engine_args_to_flags
+from rephrase.llm.server import ServerError, ServerOptions, VLLMServer, engine_args_to_flags
 from rephrase.models import BUNDLED_NAME, BUNDLED_REF, resolve_model
 
 # CPU settings measured on this machine (DATA.md); 2048 tokens bounds the KV cache a request may need.

@@ -242,7 +242,8 @@ def build_engine(
     `vllm-server` without `server_url` spawns a server (options in `server`, log at `log_path`) that the engine's
     `close()` stops; with `server_url` it uses that server and `model`/`engine_args` only name the model.
     """
-    from rephrase.llm.server import OpenAIServerEngine, VLLMServer  # imports this module: not at the top
+    from rephrase.llm.openai_engine import OpenAIServerEngine  # both import this module: not at the top
+    from rephrase.llm.server import VLLMServer
 
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine {kind!r}; known: {', '.join(ENGINE_KINDS)}")
