@@ -179,8 +179,8 @@ def expand_source(path: str) -> list[str]:
 def build_readers(source: SourceConfig, path: str, limit: int, paths_dir: Path) -> list[PipelineStep]:
     """One datatrove reader per format present in `path`, each restricted to exactly the matched files.
 
-    The file list is frozen into a paths file under the run's work folder, so every task (and a resumed run)
-    shards the same list even if the input folder changes meanwhile.
+    The file list is written to a paths file under the run's work folder, so every task shards the same list;
+    a resumed run lists again, and a list that changed restarts curate (rephrase.resume).
     """
     files = expand_source(path)
     if not files:

@@ -18,7 +18,9 @@ from rephrase.card import write_card
 from rephrase.config import Config
 from rephrase.executors import merge_task_stats, run_stages
 from rephrase.ledger import build_ledger
+from rephrase.llm.prompts import select_prompts
 from rephrase.pipeline import Layout, build_stages, llm_stage_name, reset_finalize
+from rephrase.resume import restart_curate_if_changed
 from rephrase.rows import write_empty_dataset
 
 
@@ -206,6 +208,8 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
 def run_config(cfg: Config) -> RunResult | Submitted:
     layout = Layout(Path(cfg.resolve(cfg.run.output)))
     preflight(cfg, layout)
+    prompts = select_prompts(cfg.resolve(cfg.rephrase.prompts_dir), {p for r in cfg.routing.rules for p in r.prompts})
+    restart_curate_if_changed(cfg, layout, {name: prompt.hash for name, prompt in prompts.items()})
     stages = build_stages(cfg, layout)
     if reopened := reopen_failed_llm_tasks(layout, llm_stage_name(cfg)):
         print(f"rephrase: rerunning tasks {reopened}: their documents had engine errors (llm_error) last time")

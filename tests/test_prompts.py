@@ -105,3 +105,59 @@ def test_injected_text_does_not_change_what_is_kept() -> None:
         pick = select(source, [Completion(text, "stop", 40)], checks)
         assert not pick.accepted and set(pick.failures) >= reasons, (text, pick.failures)
     assert select(source, [Completion(rewrite, "stop", 40)], checks).accepted
+
+
+def test_an_edited_prompt_is_used_by_the_next_run_and_recorded(tmp_path: Path, wiki_texts: list[str]) -> None:
+    """Edit prompts/wikipedia.yaml between two runs into the same output folder: the second run starts curate
+    again instead of resuming the finished task, does not replay the first run's generations (their checkpoint key
+    holds the prompt hash), asks the model again, and every synthetic row records the new version and hash. A
+    change only the later stages see (the mix) reruns those and asks the model nothing."""
+    import json
+    import shutil
+
+    import pyarrow.parquet as pq
+    from fake_llm import FakeLLM
+
+    from rephrase.config import load_config
+    from rephrase.run import run_config
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    shutil.copy(PROMPTS / "wikipedia.yaml", prompts / "wikipedia.yaml")
+    texts = [t for t in wiki_texts[:60] if t.isascii() and len(t) > 300][:4]
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+
+    def run_once(llm: FakeLLM, **more: object) -> list[dict]:
+        updates = {
+            "input.sources": [{"path": str(tmp_path / "in.jsonl")}],
+            "run.output": str(tmp_path / "out"),
+            "rephrase.prompts_dir": str(prompts),
+            "rephrase.llm.engine": "vllm-server",
+            "rephrase.llm.server_url": llm.url,
+            "rephrase.validators": [{"use": "not_empty"}, {"use": "length_ratio"}],
+            "dedup.minhash.enabled": False,
+            "mix.synthetic_share": None,
+            **more,
+        }
+        run_config(load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml", [], updates))
+        table = pq.read_table(tmp_path / "out" / "dataset" / "data", columns=["kind", "prompt", "prompt_hash"])
+        return [r for r in table.to_pylist() if r["kind"] == "synthetic"]
+
+    with FakeLLM() as llm:
+        first = run_once(llm)
+        asked_first = len(llm.requests)
+        spec = (prompts / "wikipedia.yaml").read_text()
+        edited = spec.replace("version: 1", "version: 2").replace("neutral tone", "neutral, formal tone")
+        assert edited.count("version: 2") == 1 and "formal" in edited
+        (prompts / "wikipedia.yaml").write_text(edited)
+        second = run_once(llm)
+        sent = list(llm.requests[asked_first:])
+        asked_second = len(llm.requests)
+        remixed = run_once(llm, **{"mix.synthetic_share": 0.3})
+        assert len(llm.requests) == asked_second and remixed  # curate resumed: nothing generated again
+    assert first and {r["prompt"] for r in first} == {"wikipedia@v1"}
+    assert second and {r["prompt"] for r in second} == {"wikipedia@v2"}
+    assert {r["prompt_hash"] for r in first}.isdisjoint({r["prompt_hash"] for r in second})
+    assert len({r.key for r in sent}) == len(texts)  # every document was generated again, none replayed
