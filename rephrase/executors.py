@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from datatrove.executor.base import PipelineExecutor
@@ -29,7 +29,6 @@ class Stage:
     steps: list[PipelineStep]
     tasks: int = 1
     gpu: bool = False  # the LLM stage: a GPU partition and GPU requests on Slurm and Ray
-    workers: int | None = field(default=None)  # tasks at once; None: run.workers
 
 
 class StageFailed(RuntimeError):
@@ -52,7 +51,7 @@ def merge_task_stats(logging_dir: Path) -> None:
 def _local(run: RunConfig, stage: Stage, logs: Path) -> PipelineExecutor:
     from datatrove.executor import LocalPipelineExecutor
 
-    workers = min(stage.workers or run.workers, stage.tasks)
+    workers = min(run.workers, stage.tasks)
     return LocalPipelineExecutor(stage.steps, tasks=stage.tasks, workers=workers, logging_dir=str(logs))
 
 
@@ -63,7 +62,7 @@ def _ray(run: RunConfig, stage: Stage, logs: Path) -> PipelineExecutor:
     return RayPipelineExecutor(
         stage.steps,
         tasks=stage.tasks,
-        workers=min(stage.workers or run.workers, stage.tasks),
+        workers=min(run.workers, stage.tasks),
         logging_dir=str(logs),
         cpus_per_task=ray.llm_cpus_per_task if stage.gpu else ray.cpus_per_task,
         gpus_per_task=ray.llm_gpus_per_task if stage.gpu else 0,
@@ -79,7 +78,6 @@ def _slurm(run: RunConfig, stage: Stage, logs: Path, depends: PipelineExecutor |
     return SlurmPipelineExecutor(
         stage.steps,
         tasks=stage.tasks,
-        workers=stage.workers or -1,
         time=slurm.llm_time if stage.gpu else slurm.time,
         partition=(slurm.gpu_partition or slurm.partition) if stage.gpu else slurm.partition,
         cpus_per_task=slurm.llm_cpus_per_task if stage.gpu else slurm.cpus_per_task,
