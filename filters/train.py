@@ -167,31 +167,15 @@ def _collect(sources: list[BuiltinSource | FileSource], cfg: TrainConfig, tag: s
 
 
 def _fit_in_fresh_process(train_file: Path, p: FastTextParams, quantize_cutoff: int | None, model_path: Path) -> None:
-    """Train (and quantize) in a fresh Python process. fastText 0.9.2 carries state between trainings in one
-    process: the third training of the same file with the same seed gave a different model, the fourth failed with
-    "Encountered NaN". A fresh process per training makes a config reproduce its model byte for byte. A plain
-    subprocess, not multiprocessing: spawn would re-run the caller's unguarded main script."""
+    """Train (and quantize) in a fresh, bare Python process (filters.fasttext_fit says why), so a config
+    reproduces its model byte for byte. A plain subprocess, not multiprocessing: spawn would re-run the caller's
+    unguarded main script."""
     job = {"train_file": str(train_file), "params": p.model_dump(), "cutoff": quantize_cutoff, "out": str(model_path)}
-    code = "import sys; from filters.train import _fit; _fit(sys.argv[1])"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), *sys.path])}
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(job)], env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "filters.fasttext_fit", json.dumps(job)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"fastText training failed (exit {done.returncode}):\n{done.stderr.strip()[-2000:]}")
-
-
-def _fit(job_json: str) -> None:
-    import fasttext
-
-    job = json.loads(job_json)
-    p = FastTextParams(**job["params"])
-    model = fasttext.train_supervised(
-        input=job["train_file"], dim=p.dim, epoch=p.epoch, lr=p.lr, wordNgrams=p.word_ngrams,
-        minCount=p.min_count, bucket=p.bucket, seed=p.seed, thread=p.thread, verbose=0,
-    )  # fmt: skip
-    if job["cutoff"] is not None:
-        # retrain: after pruning to the `cutoff` rows with the largest norms, fine-tune what is left
-        model.quantize(input=job["train_file"], qnorm=True, cutoff=job["cutoff"], retrain=True, thread=p.thread)
-    model.save_model(job["out"])
 
 
 def _split(cfg: TrainConfig, pos: list[str], neg: list[str]) -> dict[str, list[tuple[int, str]]]:

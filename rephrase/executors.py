@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,19 +112,24 @@ def build(run: RunConfig, stages: list[Stage], logs: Path) -> list[PipelineExecu
     return executors
 
 
-def run_stages(run: RunConfig, stages: list[Stage], logs: Path) -> list[str]:
-    """Run (local, Ray) or submit (Slurm) the stages in order; returns the Slurm job ids, or [] when done here."""
+def submit_stages(run: RunConfig, stages: list[Stage], logs: Path) -> list[str]:
+    """Slurm: submit every stage, each after the one before; returns the job ids, one per stage."""
     executors = build(run, stages, logs)
-    if run.executor == "slurm":
-        executors[-1].run()  # launches its dependency chain first
-        return [str(e.job_id) for e in executors]
+    executors[-1].run()  # launches its dependency chain first
+    return [str(e.job_id) for e in executors]
+
+
+def run_stages(run: RunConfig, stages: list[Stage], logs: Path) -> dict[str, float]:
+    """Local and Ray: run the stages in order, each checked before the next; returns each stage's wall time."""
     if run.executor == "ray":
         import ray
 
         if not ray.is_initialized():
             ray.init(address=run.ray.address, include_dashboard=False, log_to_driver=True)
-    for stage, executor in zip(stages, executors, strict=True):
+    timings: dict[str, float] = {}
+    for stage, executor in zip(stages, build(run, stages, logs), strict=True):
         resume = f"see {logs / stage.name / 'logs'}. Rerun the same command to resume: finished tasks are kept."
+        start = time.perf_counter()
         try:
             executor.run()
         except Exception as e:  # a task's own error, raised through a one-worker local run
@@ -131,4 +137,5 @@ def run_stages(run: RunConfig, stages: list[Stage], logs: Path) -> list[str]:
         if incomplete := executor.get_incomplete_ranks():
             raise StageFailed(f"stage {stage.name}: tasks {incomplete} did not finish; {resume}")
         merge_task_stats(logs / stage.name)
-    return []
+        timings[stage.name] = round(time.perf_counter() - start, 2)
+    return timings

@@ -16,7 +16,7 @@ from filters.classifiers import quality_summary
 from rephrase.calibrate import ensure_calibration
 from rephrase.card import write_card
 from rephrase.config import Config
-from rephrase.executors import merge_task_stats, run_stages
+from rephrase.executors import merge_task_stats, run_stages, submit_stages
 from rephrase.ledger import build_ledger
 from rephrase.llm.prompts import select_prompts
 from rephrase.pipeline import Layout, build_stages, llm_stage_name, reset_finalize
@@ -215,11 +215,9 @@ def run_config(cfg: Config) -> RunResult | Submitted:
         print(f"rephrase: rerunning tasks {reopened}: their documents had engine errors (llm_error) last time")
     ensure_calibration(cfg, layout.calibration_file)
     reset_finalize(layout)
-    start = time.perf_counter()
-    job_ids = run_stages(cfg.run, stages, layout.logs)
-    if job_ids:
-        return Submitted(layout, job_ids)
-    return finish_run(cfg, layout, {"pipeline": round(time.perf_counter() - start, 2)})
+    if cfg.run.executor == "slurm":
+        return Submitted(layout, submit_stages(cfg.run, stages, layout.logs))
+    return finish_run(cfg, layout, run_stages(cfg.run, stages, layout.logs))
 
 
 def finish_run(cfg: Config, layout: Layout, timings: dict[str, float]) -> RunResult:
