@@ -135,6 +135,15 @@ class RouteRule(Strict):
     max_score: float = Field(1.0, ge=0, le=1, description="... and quality_score <= max_score.")
     min_bucket: int | None = Field(None, ge=0, description="... and min_bucket <= quality_bucket (if set).")
     max_bucket: int | None = Field(None, ge=0, description="... and quality_bucket <= max_bucket (if set).")
+    min_perplexity: float | None = Field(
+        None, gt=0, description="... and min_perplexity <= perplexity (if set; needs the `perplexity` section)."
+    )
+    max_perplexity: float | None = Field(
+        None,
+        gt=0,
+        description="... and perplexity <= max_perplexity (if set). Low perplexity is text the reference model "
+        "already predicts well: a rewrite that adds structure (diverse_qa, knowledge_list) teaches it more.",
+    )
     action: Literal["drop", "keep", "rephrase"]
     prompts: list[str] = Field(default_factory=list, description="Prompt names (prompts/*.yaml) for rephrase.")
     keep_original: bool = Field(True, description="For rephrase: also keep the original text in the dataset.")
@@ -145,6 +154,8 @@ class RouteRule(Strict):
             raise ValueError(f"min_score {self.min_score} > max_score {self.max_score}")
         if None not in (self.min_bucket, self.max_bucket) and self.min_bucket > self.max_bucket:
             raise ValueError(f"min_bucket {self.min_bucket} > max_bucket {self.max_bucket}")
+        if None not in (self.min_perplexity, self.max_perplexity) and self.min_perplexity > self.max_perplexity:
+            raise ValueError(f"min_perplexity {self.min_perplexity} > max_perplexity {self.max_perplexity}")
         if self.action == "rephrase" and not self.prompts:
             raise ValueError("action rephrase needs at least one prompt in `prompts`")
         if self.action != "rephrase" and self.prompts:
@@ -154,6 +165,10 @@ class RouteRule(Strict):
     @property
     def by_bucket(self) -> bool:
         return self.min_bucket is not None or self.max_bucket is not None
+
+    @property
+    def by_perplexity(self) -> bool:
+        return self.min_perplexity is not None or self.max_perplexity is not None
 
 
 class RoutingConfig(Strict):
@@ -299,6 +314,8 @@ class Config(Strict):
     def _routes_fit_the_buckets(self) -> Config:
         """A rule naming bucket 19 under 10 buckets would silently never match."""
         for i, rule in enumerate(self.routing.rules):
+            if rule.by_perplexity and self.perplexity is None:
+                raise ValueError(f"routing.rules.{i}: routes by perplexity but the `perplexity` section is not set")
             if not rule.by_bucket:
                 continue
             if not self.quality.classifiers:

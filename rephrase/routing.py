@@ -1,5 +1,5 @@
-"""Routing by quality: the first rule whose score range (and bucket range, if it names one) contains the document
-decides its action.
+"""Routing by quality: the first rule whose score range (and bucket and perplexity ranges, if it names them)
+contains the document decides its action.
 
 `drop` leaves the pipeline with a ledger reason; `keep` passes the original on; `rephrase` names the prompts that
 will rewrite it and whether the original stays in the dataset beside its rewrites.
@@ -14,8 +14,14 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from rephrase.config import RouteRule
 
 
-def _matches(rule: RouteRule, score: float | None, bucket: int | None) -> bool:
+def _matches(rule: RouteRule, score: float | None, bucket: int | None, perplexity: float | None) -> bool:
     """Without a quality score (no classifier configured) only rules covering the whole range apply."""
+    if rule.by_perplexity:
+        if perplexity is None:
+            return False
+        lo, hi = rule.min_perplexity or 0.0, rule.max_perplexity or float("inf")
+        if not lo <= perplexity <= hi:
+            return False
     if score is None:
         return rule.min_score == 0.0 and rule.max_score == 1.0 and not rule.by_bucket
     if not rule.min_score <= score <= rule.max_score:
@@ -33,8 +39,9 @@ class Router(BaseFilter):
         self.rules = rules
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        score, bucket = doc.metadata.get("quality_score"), doc.metadata.get("quality_bucket")
-        rule = next((r for r in self.rules if _matches(r, score, bucket)), None)
+        meta = doc.metadata
+        score, bucket, perplexity = meta.get("quality_score"), meta.get("quality_bucket"), meta.get("perplexity")
+        rule = next((r for r in self.rules if _matches(r, score, bucket, perplexity)), None)
         action = rule.action if rule else "keep"
         doc.metadata["action"] = action
         self.stat_update(f"action_{action}")

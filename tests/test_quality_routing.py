@@ -157,3 +157,25 @@ def test_score_scale_is_the_raw_probability() -> None:
     (out,) = list(scorer.run([doc]))
     assert out.metadata["quality_score"] == out.metadata["quality_q"]
     assert out.metadata["quality_bucket"] == min(int(out.metadata["quality_q"] * 10), 9)
+
+
+def test_routing_by_perplexity_sends_already_known_text_to_structure_adding_prompts(tmp_path: Path) -> None:
+    from rephrase.config import RouteRule
+    from rephrase.routing import Router
+
+    rules = [
+        RouteRule(max_perplexity=10, action="rephrase", prompts=["diverse_qa", "knowledge_list"]),
+        RouteRule(min_perplexity=500, action="drop"),
+        RouteRule(action="rephrase", prompts=["wikipedia"]),
+    ]
+    router = Router(rules)
+    docs = {name: Document(text="x", id=name, metadata={"perplexity": p}) for name, p in
+            {"known": 6.5, "ordinary": 40.0, "noise": 900.0, "unscored": None}.items()}  # fmt: skip
+    verdicts = {name: router.filter(doc) for name, doc in docs.items()}
+    assert verdicts["noise"] == (False, "routed_drop")
+    assert docs["known"].metadata["prompts"] == ["diverse_qa", "knowledge_list"]
+    assert docs["ordinary"].metadata["prompts"] == docs["unscored"].metadata["prompts"] == ["wikipedia"]
+    path = tmp_path / "c.yaml"
+    path.write_text("input: {sources: [{path: x.jsonl}]}\nrouting: {rules: [{max_perplexity: 9, action: keep}]}\n")
+    with pytest.raises(ConfigError, match="routes by perplexity but the `perplexity` section is not set"):
+        load_config(path)
