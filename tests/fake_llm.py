@@ -24,6 +24,19 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL = "fake-rewriter"
+# What its rewrites (reordered sentences of the source) can pass: the shape checks, not similarity to the source.
+VALIDATORS = [{"use": "not_truncated"}, {"use": "not_empty"}, {"use": "length_ratio"}, {"use": "no_meta_text"}]
+
+
+def run_updates(url: str, **more: object) -> dict:
+    """load_config updates that send a run's rewriting to a FakeLLM at `url` through the real vllm-server engine."""
+    return {
+        "rephrase.llm.engine": "vllm-server",
+        "rephrase.llm.server_url": url,
+        "rephrase.validators": VALIDATORS,
+        "input.extract_html": False,
+        **more,
+    }
 
 
 def document_of(messages: list[dict]) -> str:

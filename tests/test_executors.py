@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fake_llm import FakeLLM
+from fake_llm import FakeLLM, run_updates
 
 from rephrase.config import load_config
 from rephrase.run import RunResult, Submitted, run_config
 
 REPO = Path(__file__).resolve().parent.parent
-VALIDATORS = [{"use": "not_truncated"}, {"use": "not_empty"}, {"use": "length_ratio"}, {"use": "no_meta_text"}]
 SLURM = {"partition": "cpu", "gpu_partition": "gpu", "gpus_per_task": 0, "llm_cpus_per_task": 1, "llm_tasks": 1}
 
 
@@ -47,16 +46,10 @@ def llm():
 
 
 def config(llm: FakeLLM, inputs: Path, out: Path, **sets: object):
-    updates = {
-        "input.sources": [{"path": str(inputs / "*.jsonl")}],
-        "input.extract_html": False,
-        "run.output": str(out),
-        "run.tasks": 3,
-        "rephrase.llm.engine": "vllm-server",
-        "rephrase.llm.server_url": llm.url,
-        "rephrase.validators": VALIDATORS,
-        **sets,
-    }
+    updates = run_updates(
+        llm.url, **{"input.sources": [{"path": str(inputs / "*.jsonl")}], "run.output": str(out), "run.tasks": 3}
+    )
+    updates.update(sets)
     return load_config(REPO / "configs" / "demo.yaml", [], updates)
 
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fake_llm import FakeLLM
+from fake_llm import FakeLLM, run_updates
 
 from rephrase.config import load_config
 from rephrase.run import run_config
 
 REPO = Path(__file__).resolve().parent.parent
-VALIDATORS = [{"use": "not_truncated"}, {"use": "not_empty"}, {"use": "length_ratio"}, {"use": "no_meta_text"}]
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +30,19 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, wiki_texts: list[str]) -> P
 
 
 def run(url: str, inputs: Path, out: Path, **sets: object):
-    updates = {
-        "input.sources": [{"path": str(inputs / "*.jsonl")}],
-        "input.extract_html": False,
-        "run.output": str(out),
-        "run.tasks": 2,
-        "rephrase.llm.engine": "vllm-server",
-        "rephrase.llm.server_url": url,
-        "rephrase.llm.max_retries": 2,
-        "rephrase.validators": VALIDATORS,
-        "rephrase.batch_size": 2,
-        "mix.synthetic_share": None,
-        "dedup.minhash.enabled": False,  # the fake's rewrites reorder sentences: near-copies MinHash would remove
-        **sets,
-    }
+    updates = run_updates(
+        url,
+        **{
+            "input.sources": [{"path": str(inputs / "*.jsonl")}],
+            "run.output": str(out),
+            "run.tasks": 2,
+            "rephrase.llm.max_retries": 2,
+            "rephrase.batch_size": 2,
+            "mix.synthetic_share": None,
+            "dedup.minhash.enabled": False,  # the fake's rewrites reorder sentences: MinHash would remove them
+            **sets,
+        },
+    )
     return run_config(load_config(REPO / "configs" / "demo.yaml", [], updates))
 
 
