@@ -70,7 +70,7 @@ def write_card(cfg: Config, layout: Layout, stats: dict) -> None:
         "configs": [
             {
                 "config_name": "default",
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in stats["dataset"]["splits"]],
+                "data_files": [{"split": s, "path": f"data/*{s}-*.parquet"} for s in stats["dataset"]["splits"]],
             }
         ],
     }

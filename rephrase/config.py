@@ -243,6 +243,11 @@ class PushConfig(Strict):
     repo_id: str = Field(description="Hub dataset repo, e.g. me/fineweb-rephrased; created if missing.")
     private: bool = Field(False, description="Create the repo private (an existing public repo is refused).")
     revision: str | None = Field(None, description="Branch to push to, created from main if missing.")
+    stream: bool = Field(
+        False,
+        description="Send each parquet shard to the Hub as the finalize stage writes it (datatrove's "
+        "HuggingFaceDatasetWriter), not all at the end; the end-of-run push then adds the card. A copy stays local.",
+    )
 
 
 class OutputConfig(Strict):

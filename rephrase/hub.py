@@ -106,20 +106,7 @@ def push_dataset(
         raise PushError("no Hub token: set HF_TOKEN or log in with `hf auth login`")
     api = HfApi(endpoint=endpoint, token=token)
 
-    url = _retrying(
-        "create repo", lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    )
-    if private and _retrying("repo info", lambda: api.repo_info(repo_id, repo_type="dataset")).private is False:
-        raise PushError(
-            f"{repo_id} already exists and is public; --private does not change an existing repo. Make it private on "
-            "the Hub first, or push to another --repo-id"
-        )
-    if revision is not None:
-        _retrying(
-            "create branch", lambda: api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
-        )
-        url = f"{url}/tree/{quote(revision, safe='')}"
-
+    url = prepare_repo(api, repo_id, private=private, revision=revision)
     tree = api.list_repo_tree(repo_id, repo_type="dataset", revision=revision, recursive=True)
     remote = {entry.path: entry for entry in tree if isinstance(entry, RepoFile)}
     unchanged = {p for p, local in files.items() if _same_bytes(remote.get(p), local)}
@@ -150,6 +137,24 @@ def push_dataset(
         deleted=tuple(stale),
         commits=len(batches),
     )
+
+
+def prepare_repo(api: HfApi, repo_id: str, *, private: bool, revision: str | None) -> str:
+    """Create the repo and branch if missing; refuse private data for an existing public repo. Returns its URL."""
+    url = _retrying(
+        "create repo", lambda: api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    )
+    if private and _retrying("repo info", lambda: api.repo_info(repo_id, repo_type="dataset")).private is False:
+        raise PushError(
+            f"{repo_id} already exists and is public; --private does not change an existing repo. Make it private on "
+            "the Hub first, or push to another --repo-id"
+        )
+    if revision is not None:
+        _retrying(
+            "create branch", lambda: api.create_branch(repo_id, branch=revision, repo_type="dataset", exist_ok=True)
+        )
+        url = f"{url}/tree/{quote(revision, safe='')}"
+    return str(url)
 
 
 def _same_bytes(remote: RepoFile | None, local: Path) -> bool:

@@ -42,7 +42,7 @@ from rephrase.mix import Mix
 from rephrase.prefetch import Prefetch
 from rephrase.rebalance import Curriculum, Rebalance
 from rephrase.routing import Router
-from rephrase.rows import DatasetWriter, ExplodeRows, Tap, WorkWriter, work_adapter
+from rephrase.rows import DatasetWriter, ExplodeRows, HubDatasetWriter, Tap, WorkWriter, work_adapter
 
 
 @dataclass(frozen=True)
@@ -196,11 +196,24 @@ def final_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
         steps.append(Curriculum(cfg.curriculum, cfg.run.seed))
     steps += [
         Tap(LedgerWriter(ledger, "dataset")),
-        DatasetWriter(
-            str(layout.dataset / "data"), cfg.output.shard_max_bytes, cfg.output.validation_share, cfg.run.seed
-        ),
+        dataset_writer(cfg, layout),
     ]
     return steps
+
+
+def dataset_writer(cfg: Config, layout: Layout) -> DatasetWriter | HubDatasetWriter:
+    out, push = cfg.output, cfg.output.push
+    if push is not None and push.stream:
+        return HubDatasetWriter(
+            str(layout.dataset),
+            push.repo_id,
+            push.private,
+            push.revision,
+            out.shard_max_bytes,
+            out.validation_share,
+            cfg.run.seed,
+        )
+    return DatasetWriter(str(layout.dataset / "data"), out.shard_max_bytes, out.validation_share, cfg.run.seed)
 
 
 def build_stages(cfg: Config, layout: Layout) -> list[Stage]:

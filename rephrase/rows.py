@@ -15,6 +15,7 @@ import pyarrow as pa
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import ParquetWriter
+from datatrove.pipeline.writers.huggingface import HuggingFaceDatasetWriter
 from xxhash import xxh3_64_intdigest
 
 WORK_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("meta", pa.string())])
@@ -89,22 +90,15 @@ class ExplodeRows(PipelineStep):
                 )
 
 
-class DatasetWriter(ParquetWriter):
-    """Hub layout: data/{train,validation}-<rank>.parquet, rotated at `max_file_size`, one explicit typed schema.
+class SplitRows:
+    """Dataset rows in the Hub layout, data/{train,validation}-<rank>.parquet, with one explicit typed schema.
 
     A row's split is a seeded hash of its `source_id`, so an original and all its rewrites land in the same split:
     a held-out document is never trained on in another register.
     """
 
-    def __init__(self, folder: str, max_file_size: int, validation_share: float = 0.0, seed: int = 0) -> None:
-        super().__init__(
-            folder,
-            output_filename="${split}-${rank}.parquet",
-            schema=DATASET_SCHEMA,
-            max_file_size=max_file_size,
-            batch_size=500,
-        )
-        self.validation_share, self.seed = validation_share, seed
+    validation_share: float
+    seed: int
 
     def write(self, document: Document, rank: int = 0, **kwargs) -> None:
         source = document.metadata.get("source_id") or document.id
@@ -118,6 +112,64 @@ class DatasetWriter(ParquetWriter):
         row = {name: meta.get(name) for name in DATASET_SCHEMA.names}
         row.update(id=document.id, text=document.text, source_record=meta.get("record"))
         return row
+
+
+class DatasetWriter(SplitRows, ParquetWriter):
+    """Shards under OUT/dataset/data, rotated at `max_file_size`; renamed train-00000-of-00003... when the run ends."""
+
+    def __init__(self, folder: str, max_file_size: int, validation_share: float = 0.0, seed: int = 0) -> None:
+        ParquetWriter.__init__(
+            self,
+            folder,
+            output_filename="${split}-${rank}.parquet",
+            schema=DATASET_SCHEMA,
+            max_file_size=max_file_size,
+            batch_size=500,
+        )
+        self.validation_share, self.seed = validation_share, seed
+
+
+class HubDatasetWriter(SplitRows, HuggingFaceDatasetWriter):
+    """`output.push.stream`: the same shards, sent to the Hub by datatrove's writer as they are written (each
+    rotated shard pre-uploaded at once, one commit per task when it ends), so a long run's data is on the Hub
+    without a second upload at the end. The local copy stays (cleanup off), under the name the Hub has: the
+    end-of-run push then finds every shard already there, byte for byte, and only commits the card and removes
+    stale shards. The repo and branch must exist first (rephrase.hub.prepare_repo)."""
+
+    def __init__(
+        self,
+        dataset_dir: str,
+        repo_id: str,
+        private: bool,
+        revision: str | None,
+        max_file_size: int,
+        validation_share: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        HuggingFaceDatasetWriter.__init__(
+            self,
+            repo_id,
+            private=private,
+            local_working_dir=dataset_dir,
+            output_filename="data/${split}-${rank}.parquet",
+            cleanup=False,
+            schema=DATASET_SCHEMA,
+            max_file_size=max_file_size,
+            revision=revision,
+        )
+        self.batch_size = 500
+        self.validation_share, self.seed = validation_share, seed
+
+    @staticmethod
+    def is_retryable_hf_hub_error(error: Exception) -> bool:
+        """datatrove matches message text, and a 429 or 503 whose body says something else is not retried: the
+        HTTP status is the reliable signal (the same statuses `rephrase push` retries)."""
+        from rephrase.hub import RETRY_STATUSES
+
+        response = getattr(error, "response", None)
+        if getattr(response, "status_code", None) in RETRY_STATUSES:
+            return True
+        return HuggingFaceDatasetWriter.is_retryable_hf_hub_error(error)
 
 
 class Tap(PipelineStep):

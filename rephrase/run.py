@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from filters.classifiers import quality_summary
 from rephrase.calibrate import ensure_calibration
 from rephrase.card import write_card
-from rephrase.config import Config
+from rephrase.config import Config, PushConfig
 from rephrase.executors import merge_task_stats, run_stages, submit_stages
 from rephrase.ledger import build_ledger
 from rephrase.llm.prompts import select_prompts
@@ -55,6 +55,8 @@ def preflight(cfg: Config, layout: Layout) -> None:
 
         if get_token() is None:
             raise PreflightError("output.push needs a Hub token: set HF_TOKEN or run `hf auth login`")
+        if cfg.output.push.stream:
+            open_stream_target(cfg.output.push)
     needs_llm = any(rule.action == "rephrase" for rule in cfg.routing.rules)
     if needs_llm and cfg.rephrase.llm.server_url is None:
         from rephrase.models import resolve_model
@@ -62,6 +64,23 @@ def preflight(cfg: Config, layout: Layout) -> None:
         model = resolve_model(cfg.rephrase.llm.model)
         if "/" in model and Path(model).is_absolute() and not (Path(model) / "config.json").is_file():
             raise PreflightError(f"model folder {model} has no config.json; run `rephrase models fetch` or fix model")
+
+
+def open_stream_target(push: PushConfig) -> None:
+    """Streamed shards are committed by every finalize task: the repo and branch must exist before the first."""
+    from huggingface_hub import HfApi
+
+    from rephrase.hub import PushError, prepare_repo
+
+    try:
+        prepare_repo(HfApi(), push.repo_id, private=push.private, revision=push.revision)
+    except PushError as e:
+        raise PreflightError(f"output.push.stream: {e}") from e
+    except Exception as e:
+        raise PreflightError(
+            f"output.push.stream: the Hub repo {push.repo_id} cannot be prepared ({type(e).__name__}: {e}); check "
+            "the network and token, or set output.push.stream: false to push once the run ends"
+        ) from e
 
 
 def reopen_failed_llm_tasks(layout: Layout, stage: str) -> list[int]:
@@ -149,8 +168,9 @@ def summarize(cfg: Config, layout: Layout, ledger: list[dict], timings: dict[str
     rephrase = next((v for k, v in curate.items() if k.endswith("rephrase")), {})
     columns = ["kind", "n_tokens", "prompt", "quality_bucket", "source_record"]
     rows = pq.read_table(layout.dataset / "data", columns=columns).to_pylist()
+    shards = sorted((layout.dataset / "data").glob("*.parquet"))
     splits = {
-        split: sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((layout.dataset / "data").glob(f"{split}-*")))
+        split: sum(pq.ParquetFile(f).metadata.num_rows for f in shards if f"{split}-" in f.name)
         for split in ("train", "validation")
     }
     tokens, by_prompt, by_bucket, by_source = Counter(), Counter(), Counter(), Counter()
@@ -228,7 +248,8 @@ def finish_run(cfg: Config, layout: Layout, timings: dict[str, float]) -> RunRes
     data = layout.dataset / "data"
     if not any(data.glob("*.parquet")):  # every record was dropped before the dataset: empty, still loadable
         write_empty_dataset(data)
-    name_shards(data)
+    if cfg.output.push is None or not cfg.output.push.stream:  # streamed shards keep the names the Hub has
+        name_shards(data)
     docs = read_docs(layout)
     ledger = build_ledger(layout.work, docs, layout.ledger_file)
     stats = summarize(cfg, layout, ledger, {**timings, "finish": round(time.perf_counter() - start, 2)})

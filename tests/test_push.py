@@ -293,3 +293,55 @@ def test_output_push_without_a_token_fails_before_any_work(tmp_path: Path, monke
     with pytest.raises(PreflightError, match=r"output\.push needs a Hub token"):
         run_config(_keep_only_run(tmp_path, {"repo_id": "me/run"}))
     assert not (tmp_path / "out" / "work").exists()
+
+
+def test_streamed_shards_reach_the_hub_during_the_run_and_the_end_push_only_adds_the_card(
+    tmp_path: Path, client: FakeHub, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """output.push.stream: datatrove's HuggingFaceDatasetWriter commits the shards from inside the finalize task
+    (a 429 on that commit retried), then the end-of-run push finds them identical and commits the card alone."""
+    import huggingface_hub.hf_api as hf_api
+
+    from rephrase.run import run_config
+
+    monkeypatch.setattr(constants, "ENDPOINT", client.url)
+    monkeypatch.setattr(hf_api.api, "endpoint", client.url)  # datatrove calls the module-level create_commit
+    client.fail("commit", 429)
+    cfg = _keep_only_run(tmp_path, {"repo_id": "me/stream", "revision": "v3", "stream": True})
+    cfg.output.shard_max_bytes = 2**20  # the smallest rotation; the sample fits one shard per split
+    cfg.output.validation_share = 0.25
+    result = run_config(cfg)
+
+    commits = [r for r in client.seen("commit") if r.status == 200]
+    assert [r.status for r in client.seen("commit")][:1] == [429], "the injected rate limit was not hit"
+    assert len(commits) == 2, "one commit from the finalize task's writer, one for the card"
+    local = {
+        p.relative_to(result.layout.dataset).as_posix(): p.read_bytes()
+        for p in result.layout.dataset.rglob("*")
+        if p.is_file()
+    }
+    shards = sorted(p for p in local if p.endswith(".parquet"))
+    assert any("train-" in p for p in shards) and any("validation-" in p for p in shards)
+    assert f"pushed 1 files ({len(shards)} unchanged)" in capsys.readouterr().out
+    assert client.files("me/stream", "v3") == {".gitattributes": GITATTRIBUTES, **local}
+    log = "\n".join(str(r) for r in client.requests)
+    assert TOKEN not in log and all(TOKEN.encode() not in data for data in local.values())
+    from datasets import load_dataset
+
+    loaded = load_dataset(str(result.layout.dataset))
+    assert sum(len(split) for split in loaded.values()) == sum(result.stats["dataset"]["splits"].values())
+    assert set(loaded) == set(result.stats["dataset"]["splits"]) == {"train", "validation"}
+
+
+def test_streaming_to_an_unreachable_hub_fails_before_any_work(tmp_path: Path, client: FakeHub) -> None:
+    from rephrase.run import PreflightError, run_config
+
+    client.stop()
+    constants_endpoint = constants.ENDPOINT
+    try:
+        constants.ENDPOINT = client.url
+        with pytest.raises(PreflightError, match=r"output\.push\.stream: the Hub repo me/run cannot be prepared"):
+            run_config(_keep_only_run(tmp_path, {"repo_id": "me/run", "stream": True}))
+    finally:
+        constants.ENDPOINT = constants_endpoint
+    assert not (tmp_path / "out" / "work").exists()
