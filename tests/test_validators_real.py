@@ -198,3 +198,17 @@ def test_quality_score_keeps_the_source_level_and_rejects_boilerplate(
     for source in real.sources:
         assert check(source, _as(BOILERPLATE)).reason == "quality_below_threshold"
         assert check(source, _as(BOILERPLATE)).score < check._score(source) - 0.05
+
+
+def test_faithful_batched_for_a_round_scores_as_one_by_one(real: Real) -> None:
+    """`prepare` embeds a round's texts in one batch (the stage calls it before selecting); padding to the
+    batch's longest text must not change a score, and a text the round did not prepare is still embedded."""
+    check = VALIDATORS.build("faithful")
+    pairs = _pairs(real) + [(s, _as(real.unrelated)) for s in real.sources]
+    alone = [check(s, c).score for s, c in pairs]
+    check.prepare([t for s, c in pairs for t in (s, c.text)])
+    assert [check(s, c).score for s, c in pairs] == pytest.approx(alone, abs=1e-5)
+    french = _as(real.french[0])
+    assert check(real.sources[0], french).score == pytest.approx(
+        VALIDATORS.build("faithful")(real.sources[0], french).score, abs=1e-5
+    )
