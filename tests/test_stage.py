@@ -222,3 +222,45 @@ def test_a_torn_checkpoint_line_is_cut_so_the_next_entry_survives(tmp_path) -> N
     log.close()
     reread = GenerationLog(path)
     assert (len(reread), reread.get("c")) == (2, {"failure": "y"})
+
+
+def test_next_batch_generates_while_this_batch_is_validated(tmp_path, monkeypatch) -> None:
+    """The engine must not idle while candidates are checked: batch k+1's engine call starts before batch k's
+    validation ends. Validating document 0 waits for the engine to be called for document 1; a stage that
+    generated and validated in turn would time out here. Order of the output and the rewrites stay the same."""
+    import threading
+
+    import rephrase.llm.stage as stage_module
+
+    called = [threading.Event() for _ in range(3)]
+    overlapped = []
+
+    class Engine(ScriptedEngine):
+        def generate(self, conversations, n, sampling):
+            text = conversations[0][-1]["content"]
+            called[next(i for i in range(3) if f"marker{i}." in text)].set()
+            return [Generation([Completion(GOOD + f" marker{i}.", "stop", 40)]) for i in range(len(conversations))]
+
+    real_select = stage_module.select
+
+    def select(source, candidates, checks):
+        i = next(i for i in range(3) if f"marker{i}." in source)
+        if i < 2:
+            overlapped.append(called[i + 1].wait(timeout=10))
+        return real_select(source, candidates, checks)
+
+    monkeypatch.setattr(stage_module, "select", select)
+    step = make_step(tmp_path, Engine([]), monkeypatch, SamplingConfig(n=1, resample_rounds=0))
+    step.batch_size = 1
+    batch = [
+        Document(
+            text=f"{SOURCE} marker{i}.",
+            id=f"d{i}",
+            metadata={"record": f"f:{i}", "action": "rephrase", "prompts": ["wikipedia"]},
+        )
+        for i in range(3)
+    ]
+    out = list(step.run(iter(batch)))
+    assert overlapped == [True, True]
+    assert [d.id for d in out] == ["d0", "d1", "d2"]
+    assert [len(d.metadata["rewrites"]) for d in out] == [1, 1, 1]

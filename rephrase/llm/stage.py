@@ -8,7 +8,9 @@ ones failed. Long documents are split into chunks (rephrase.llm.chunking); each 
 chunk rewrites are joined in order, so a document is rewritten only if every chunk is. Results are recorded on
 the document, never dropped here: a rewrite that fails every validator, a document over the hard length limit,
 or an engine error becomes a recorded failure that the ledger turns into a reason. Finished outcomes go to a
-per-task GenerationLog, so a killed task that reruns does not pay for them again.
+per-task GenerationLog, so a killed task that reruns does not pay for them again. The stage works one batch
+ahead: while this thread validates a batch's candidates (sentence embeddings for `faithful` are the costly part),
+the engine thread is already generating the next batch's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sized
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
@@ -82,51 +85,77 @@ class RephraseStep(PipelineStep):
         )
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        """One batch ahead: batch k+1's first generation is queued on the engine thread before batch k's
+        candidates are validated, so the engine (the GPU) generates while this thread embeds, checks and selects.
+        One thread makes every engine call, one at a time; documents still leave in input order."""
         from transformers import AutoTokenizer
 
         from rephrase.models import resolve_model
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.llm.model))
+        self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.llm.model))
         self._built: dict[str, list[Validator]] = {}
-        log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
-        engine = None
+        self._engine_obj = None
         self._totals = Totals()
+        log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
         progress = StageProgress(rank, len(data) if isinstance(data, Sized) else None)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="rephrase-engine")
         try:
+            waiting = None
             for batch in batched(data, self.batch_size):
-                jobs: dict[str, list[Job]] = defaultdict(list)
-                lengths = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
-                for doc, ids in zip(batch, lengths, strict=True):
-                    self.stat_update("total")
-                    doc.metadata.update(n_tokens=len(ids), rewrites=[], rephrase_failures=[])
-                    if doc.metadata.get("action") != "rephrase":
-                        continue
-                    if len(ids) > self.max_doc_tokens:
-                        for name in doc.metadata["prompts"]:
-                            self._fail(doc, self.prompts[name], "too_long")
-                        continue
-                    chunks = split_document(doc.text, tokenizer, self.chunk_tokens, doc.metadata.get("language", "en"))
-                    sizes = [len(ids)] if len(chunks) == 1 else [len(tokenizer(c)["input_ids"]) for c in chunks]
-                    self.stat_update("chunks", value=len(chunks))
-                    self.stat_update("n_tokens_in", value=len(ids) * len(doc.metadata["prompts"]))
-                    for name in doc.metadata["prompts"]:
-                        parts = enumerate(zip(chunks, sizes, strict=True))
-                        jobs[name] += [Job(doc, i, len(chunks), chunk, n) for i, (chunk, n) in parts]
-                for name, prompt_jobs in jobs.items():
-                    prompt = self.prompts[name]
-                    pending = self._replay(log, prompt, prompt_jobs)
-                    if pending:
-                        engine = engine or self._engine()
-                        self._rewrite(engine, prompt, pending, log)
-                    self._assemble(prompt, prompt_jobs)
-                self._totals.output_tokens = int(self.stats["output_tokens"].total)
-                progress.update(len(batch), self._totals)
-                yield from batch
+                started = self._start(list(batch), log, pool)
+                if waiting is not None:
+                    yield from self._finish(waiting, log, pool, progress)
+                waiting = started
+            if waiting is not None:
+                yield from self._finish(waiting, log, pool, progress)
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # nothing may still use the engine when it closes
             progress.close()
             log.close()
-            if engine is not None:
-                engine.close()
+            if self._engine_obj is not None:
+                self._engine_obj.close()
+
+    def _start(self, batch: list[Document], log: GenerationLog, pool) -> _Batch:
+        """Split the batch into jobs per prompt, replay checkpointed ones, queue the first round of the rest."""
+        started = _Batch(batch)
+        lengths = self._tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
+        for doc, ids in zip(batch, lengths, strict=True):
+            self.stat_update("total")
+            doc.metadata.update(n_tokens=len(ids), rewrites=[], rephrase_failures=[])
+            if doc.metadata.get("action") != "rephrase":
+                continue
+            if len(ids) > self.max_doc_tokens:
+                for name in doc.metadata["prompts"]:
+                    self._fail(doc, self.prompts[name], "too_long")
+                continue
+            chunks = split_document(doc.text, self._tokenizer, self.chunk_tokens, doc.metadata.get("language", "en"))
+            sizes = [len(ids)] if len(chunks) == 1 else [len(self._tokenizer(c)["input_ids"]) for c in chunks]
+            self.stat_update("chunks", value=len(chunks))
+            self.stat_update("n_tokens_in", value=len(ids) * len(doc.metadata["prompts"]))
+            for name in doc.metadata["prompts"]:
+                parts = enumerate(zip(chunks, sizes, strict=True))
+                started.jobs[name] += [Job(doc, i, len(chunks), chunk, n) for i, (chunk, n) in parts]
+        for name, prompt_jobs in started.jobs.items():
+            prompt = self.prompts[name]
+            pending = self._replay(log, prompt, prompt_jobs)
+            if pending:
+                self._engine_obj = self._engine_obj or self._engine()
+                first = pool.submit(
+                    self._generate, self._engine_obj, prompt, pending, self._sampling(prompt, 1), self.sampling.n
+                )
+                started.first[name] = (pending, first)
+        return started
+
+    def _finish(self, started: _Batch, log: GenerationLog, pool, progress: StageProgress) -> DocumentsPipeline:
+        with self.track_time("batch"):
+            for name, prompt_jobs in started.jobs.items():
+                prompt = self.prompts[name]
+                if name in started.first:
+                    self._rewrite(prompt, *started.first[name], log, pool)
+                self._assemble(prompt, prompt_jobs)
+            self._totals.output_tokens = int(self.stats["output_tokens"].total)
+            progress.update(len(started.docs), self._totals)
+        yield from started.docs
 
     def _key(self, job: Job, prompt: Prompt) -> str:
         text_hash = hashlib.sha256(job.text.encode("utf-8")).hexdigest()
@@ -196,8 +225,9 @@ class RephraseStep(PipelineStep):
             seed=self.seed + attempt - 1,
         )
 
-    def _generate(self, engine, prompt: Prompt, jobs: list[Job], sampling, n: int) -> list:
-        """One engine call per output-length bucket: a short chunk is not allowed to ramble to max_tokens."""
+    def _generate(self, engine, prompt: Prompt, jobs: list[Job], sampling, n: int) -> tuple[list, float]:
+        """On the engine thread: one engine call per output-length bucket (a short chunk is not allowed to ramble
+        to max_tokens). Returns the outputs in job order and the seconds spent in the engine."""
         import dataclasses
         import math
 
@@ -209,30 +239,37 @@ class RephraseStep(PipelineStep):
                 limit = min(limit, 2 ** math.ceil(math.log2(wanted)))
             buckets[limit].append(i)
         outputs: list = [None] * len(jobs)
+        start = time.perf_counter()
         for limit, indices in sorted(buckets.items()):
-            start = time.perf_counter()
-            with self.track_time(f"generate_{prompt.spec.name}"):
-                results = engine.generate(
-                    [prompt.messages(jobs[i].text) for i in indices],
-                    n,
-                    dataclasses.replace(sampling, max_tokens=limit),
-                )
-            self.stat_update("generate_seconds", value=round(time.perf_counter() - start, 3))
+            results = engine.generate(
+                [prompt.messages(jobs[i].text) for i in indices], n, dataclasses.replace(sampling, max_tokens=limit)
+            )
             for i, result in zip(indices, results, strict=True):
                 outputs[i] = result
-        return outputs
+        return outputs, time.perf_counter() - start
 
-    def _rewrite(self, engine, prompt: Prompt, pending: list[Job], log: GenerationLog) -> None:
+    def _rewrite(self, prompt: Prompt, pending: list[Job], first, log: GenerationLog, pool) -> None:
+        """Validate and select each round's candidates; resample the jobs none of whose candidates passed."""
         if prompt.spec.name not in self._built:  # validators may load models: once per task
             self._built[prompt.spec.name] = build_validators(self._checks(prompt))
-        checks = self._built[prompt.spec.name]
+        checks, engine = self._built[prompt.spec.name], self._engine_obj
         reasons: dict[str, Counter] = defaultdict(Counter)
         for attempt in range(1, self.sampling.resample_rounds + 2):
             if not pending:
                 break
             sampling = self._sampling(prompt, attempt)
             n = self.sampling.n if attempt == 1 else (self.sampling.resample_n or self.sampling.n)
-            outputs = self._generate(engine, prompt, pending, sampling, n)
+            call = first if attempt == 1 else pool.submit(self._generate, engine, prompt, pending, sampling, n)
+            outputs, seconds = call.result()
+            self.stat_update("generate_seconds", value=round(seconds, 3))
+            texts = [
+                t
+                for job, r in zip(pending, outputs, strict=True)
+                for t in (job.text, *(c.text for c in r.completions))
+            ]
+            for check in checks:
+                if hasattr(check, "prepare"):
+                    check.prepare(texts)
             retry = []
             for job, result in zip(pending, outputs, strict=True):
                 self.stat_update("requests")
@@ -280,6 +317,15 @@ class RephraseStep(PipelineStep):
                     log.put(job.key, job.outcome)
             log.commit()
             pending = retry
+
+
+class _Batch:
+    """A batch between `_start` and `_finish`: its jobs per prompt and each prompt's queued first round."""
+
+    def __init__(self, docs: list[Document]) -> None:
+        self.docs = docs
+        self.jobs: dict[str, list[Job]] = defaultdict(list)
+        self.first: dict[str, tuple[list[Job], Future]] = {}
 
 
 def _bucket(doc: Document) -> str:
