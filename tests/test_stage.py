@@ -245,7 +245,7 @@ def test_next_batch_generates_while_this_batch_is_validated(tmp_path, monkeypatc
 
     def select(source, candidates, checks):
         i = next(i for i in range(3) if f"marker{i}." in source)
-        if i < 2:
+        if i < 2 and candidates[0].text != source:  # not the loader's warm-up check of the validators
             overlapped.append(called[i + 1].wait(timeout=10))
         return real_select(source, candidates, checks)
 
