@@ -93,13 +93,12 @@ class RephraseStep(PipelineStep):
         from rephrase.models import resolve_model
 
         self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.llm.model))
-        self._built: dict[str, Future] = {}  # prompt -> its validators, loading beside the first generation
+        self._built: dict[str, list[Validator]] = {}
         self._engine_obj = None
         self._totals = Totals()
         log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
         progress = StageProgress(rank, len(data) if isinstance(data, Sized) else None)
         pool = ThreadPoolExecutor(1, thread_name_prefix="rephrase-engine")
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="rephrase-validators")
         try:
             waiting = None
             for batch in batched(data, self.batch_size):
@@ -111,7 +110,6 @@ class RephraseStep(PipelineStep):
                 yield from self._finish(waiting, log, pool, progress)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # nothing may still use the engine when it closes
-            self._loader.shutdown(wait=True, cancel_futures=True)
             progress.close()
             log.close()
             if self._engine_obj is not None:
@@ -147,7 +145,7 @@ class RephraseStep(PipelineStep):
                 )
                 started.first[name] = (pending, first)
                 if name not in self._built:  # validators load their models once per task, while the engine works
-                    self._built[name] = self._loader.submit(self._load_checks, prompt, pending[0].text)
+                    self._built[name] = self._load_checks(prompt, pending[0].text)
         return started
 
     def _finish(self, started: _Batch, log: GenerationLog, pool, progress: StageProgress) -> DocumentsPipeline:
@@ -254,7 +252,9 @@ class RephraseStep(PipelineStep):
 
     def _load_checks(self, prompt: Prompt, sample: str) -> list[Validator]:
         """Build the prompt's validators and check one sample, so their models (MiniLM, lid.176, a quality
-        classifier) are loaded now, on the loader thread, and not after the first generation returns."""
+        classifier) load now, while the engine thread generates the first round, not after it returns. On this
+        thread: loading them on a helper thread left datatrove's Ray pool workers deaf to SIGTERM (the Ray
+        executor test hung at pool shutdown; measured, cause inside torch or transformers not pinned down)."""
         from rephrase.llm.engine import Completion
 
         checks = build_validators(self._checks(prompt))
@@ -263,7 +263,7 @@ class RephraseStep(PipelineStep):
 
     def _rewrite(self, prompt: Prompt, pending: list[Job], first, log: GenerationLog, pool) -> None:
         """Validate and select each round's candidates; resample the jobs none of whose candidates passed."""
-        checks, engine = self._built[prompt.spec.name].result(), self._engine_obj
+        checks, engine = self._built[prompt.spec.name], self._engine_obj
         reasons: dict[str, Counter] = defaultdict(Counter)
         for attempt in range(1, self.sampling.resample_rounds + 2):
             if not pending:
