@@ -57,10 +57,10 @@ class QualityScorer(PipelineStep):
         self._ranks = None
 
     def _load(self) -> list:
-        import fasttext
+        from rephrase.loaded import fasttext_model
 
         if self._models is None:
-            self._models = [(name, fasttext.load_model(path), label) for name, path, label in self.classifiers]
+            self._models = [(name, fasttext_model(path), label) for name, path, label in self.classifiers]
             if self.calibration:
                 from filters.percentiles import load_ranks
 

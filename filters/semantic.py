@@ -105,10 +105,9 @@ class Embedder:
 
     @cached_property
     def _loaded(self) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-        from transformers import AutoModel, AutoTokenizer
+        from rephrase.loaded import encoder
 
-        path = resolve_embedder(self.model)
-        return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+        return encoder(resolve_embedder(self.model))
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:

@@ -9,9 +9,11 @@ same engine arguments, seed and CPU environment) and shared:
              `max_output_ratio=None` and `resample_rounds=0` so it asks for exactly the raw path's work
 Output tokens: raw = sum of len(token_ids) over every candidate; rephrase = the step's `output_tokens` stat. The
 paths sample different random streams, so their token counts differ a little: compare tok/s, not seconds. The
-rephrase column's time includes loading the tokenizer and validator models each run, as a real task does;
-"engine s" is the part spent inside engine.generate. Runs alternate (raw, rephrase n, rephrase n=1, raw n=1,
-rephrase adaptive) and repeat; medians are printed. On a shared machine, trust the ratios more than the figures.
+tokenizer and the validators' models load once per process (rephrase.loaded), in the warm-up here as in a task's
+first rank; the rephrase column's time includes validating the batch after it returns (the one batch of a run
+here, so nothing overlaps it), and "engine s" is the part spent inside engine.generate. Runs alternate (raw,
+rephrase n, rephrase n=1, raw n=1, rephrase adaptive) and repeat; medians are printed. On a shared machine,
+trust the ratios more than the figures.
 
 Goodput is what a curation run pays for: documents with an accepted rewrite per second, every path judged by the
 same default validators. `rephrase adaptive` draws one candidate per document, then n-1 more in one request
@@ -143,7 +145,7 @@ def run_datatrove(server_url: str, model: str, leads: list[dict], prompt, args: 
 
     from rephrase.config import RephraseConfig
     from rephrase.llm.engine import Completion
-    from rephrase.llm.selection import select
+    from rephrase.llm.selection import select_round
     from rephrase.llm.stage import build_validators
 
     candidates: dict[str, list[Completion]] = {}
@@ -170,7 +172,8 @@ def run_datatrove(server_url: str, model: str, leads: list[dict], prompt, args: 
         validators = build_validators(RephraseConfig().validators)
         start = time.perf_counter()
         runner.run(iter(docs))
-        accepted = sum(select(d.text, candidates.get(d.id, []), validators).accepted for d in docs)
+        picks = select_round([(d.text, candidates.get(d.id, [])) for d in docs], validators)  # as the stage does
+        accepted = sum(p.accepted for p in picks)
         seconds = time.perf_counter() - start
     done = int(runner.stats["successful_requests"].total)
     if done != n * len(docs):
@@ -242,7 +245,7 @@ def main() -> None:
     prompt_tokens = sum(render(engine.tokenizer, conversations)[1])
     print(f"engine init {init_s:.1f} s; {args.docs} docs, {prompt_tokens / args.docs:.0f} prompt tokens/doc")
 
-    # warm-up (not timed): first calls compile kernels, load the validators' models from disk
+    # warm-up (not timed): first calls compile kernels; the tokenizer and validators' models load for the process
     run_raw(engine.llm, conversations[:2], args, 1)
     run_rephrase(engine, leads[:2], prompt, args, 1, max_tokens=16)
 

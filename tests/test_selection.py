@@ -73,3 +73,41 @@ def test_meta_commentary_seen_in_real_demo_output_is_caught() -> None:
     ):
         pick = select(SOURCE, [c(REWRITE + "\n\n" + chatter)], validators())
         assert not pick.accepted and pick.failures["meta_text"] == 1
+
+
+def test_model_checks_see_only_what_the_plain_checks_passed_in_one_batch() -> None:
+    """A check with `prepare` (model-backed, like `faithful`) is prepared once per round with the sources and the
+    candidates every plain check passed, and judges only those; plain checks still judge every candidate."""
+    from rephrase.llm.selection import select_round
+    from rephrase.llm.validators import Verdict
+
+    class Costly:
+        name = "costly"
+
+        def __init__(self) -> None:
+            self.prepared, self.judged = [], []
+
+        def prepare(self, texts):
+            self.prepared.append(list(texts))
+
+        def __call__(self, source, candidate):
+            self.judged.append(candidate.text)
+            ok = "Amazon" in candidate.text
+            return Verdict(ok, float(ok), None if ok else "off_topic")
+
+    other = "A wholly different story about a lighthouse keeper and his dog, told at some length here."
+    costly = Costly()
+    rounds = [
+        (SOURCE, [c(REWRITE, finish="length"), c(REWRITE)]),  # the first is cut: never reaches the model check
+        (REWRITE, [c(REWRITE), c(other * 2)]),  # a copy, then off topic
+    ]
+    picks = select_round(rounds, [*validators(), costly])
+    assert costly.prepared == [[SOURCE, REWRITE, REWRITE, other * 2]]
+    assert costly.judged == [REWRITE, other * 2]
+    assert [p.index for p in picks] == [1, None]
+    assert "costly" not in picks[0].verdicts[0] and set(validators_names()) <= set(picks[0].verdicts[0])
+    assert picks[1].failures == {"copy_of_source": 1, "off_topic": 1}
+
+
+def validators_names() -> list[str]:
+    return [v.name for v in validators()]

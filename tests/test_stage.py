@@ -241,15 +241,15 @@ def test_next_batch_generates_while_this_batch_is_validated(tmp_path, monkeypatc
             called[next(i for i in range(3) if f"marker{i}." in text)].set()
             return [Generation([Completion(GOOD + f" marker{i}.", "stop", 40)]) for i in range(len(conversations))]
 
-    real_select = stage_module.select
+    real_select = stage_module.select_round
 
-    def select(source, candidates, checks):
-        i = next(i for i in range(3) if f"marker{i}." in source)
-        if i < 2 and candidates[0].text != source:  # not the loader's warm-up check of the validators
+    def select_round(jobs, checks):
+        i = next(i for i in range(3) if f"marker{i}." in jobs[0][0])
+        if i < 2:
             overlapped.append(called[i + 1].wait(timeout=10))
-        return real_select(source, candidates, checks)
+        return real_select(jobs, checks)
 
-    monkeypatch.setattr(stage_module, "select", select)
+    monkeypatch.setattr(stage_module, "select_round", select_round)
     step = make_step(tmp_path, Engine([]), monkeypatch, SamplingConfig(n=1, resample_rounds=0))
     step.batch_size = 1
     batch = [
@@ -264,3 +264,33 @@ def test_next_batch_generates_while_this_batch_is_validated(tmp_path, monkeypatc
     assert overlapped == [True, True]
     assert [d.id for d in out] == ["d0", "d1", "d2"]
     assert [len(d.metadata["rewrites"]) for d in out] == [1, 1, 1]
+
+
+def test_tasks_of_one_process_load_the_models_once(tmp_path, monkeypatch) -> None:
+    """datatrove runs several ranks in one process (a Slurm job's ranks, a local worker's next task): the second
+    task reuses the tokenizer, lid.176 and MiniLM the first one loaded, and its checks give the same verdicts."""
+    import fasttext
+    import transformers
+
+    from rephrase import loaded
+
+    loads: list[str] = []
+    for owner, attr in ((transformers.AutoModel, "from_pretrained"), (transformers.AutoTokenizer, "from_pretrained")):
+        real = getattr(owner, attr)
+        monkeypatch.setattr(
+            owner, attr, lambda *a, _real=real, _name=owner.__name__, **k: loads.append(_name) or _real(*a, **k)
+        )
+    real_ft = fasttext.load_model
+    monkeypatch.setattr(fasttext, "load_model", lambda path: loads.append("fasttext") or real_ft(path))
+    for cache in (loaded.tokenizer, loaded._fasttext_model, loaded.encoder):
+        cache.cache_clear()
+
+    outs = []
+    for rank in (0, 1):
+        step = make_step(tmp_path / str(rank), ScriptedEngine([[[GOOD], [GOOD], [GOOD]]]), monkeypatch)
+        step.validator_configs = [ValidatorConfig(use="same_language"), ValidatorConfig(use="faithful")]
+        outs.append(list(step.run(iter(docs()), rank=rank)))
+    # the stage's tokenizer, MiniLM's tokenizer and model, lid.176: each loaded by the first task only
+    assert sorted(loads) == ["AutoModel", "AutoTokenizer", "AutoTokenizer", "fasttext"]
+    scores = [[d.metadata["rewrites"][0]["validators"] for d in out if d.metadata["rewrites"]] for out in outs]
+    assert len(scores[0]) == 3 and scores[0] == scores[1]

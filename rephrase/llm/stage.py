@@ -32,7 +32,7 @@ from rephrase.llm.checkpoint import GenerationLog, outcome_key
 from rephrase.llm.chunking import Job, combine, split_document
 from rephrase.llm.progress import StageProgress, Totals
 from rephrase.llm.prompts import Prompt
-from rephrase.llm.selection import select
+from rephrase.llm.selection import select_round
 from rephrase.llm.validators import VALIDATORS, Validator
 
 
@@ -88,11 +88,10 @@ class RephraseStep(PipelineStep):
         """One batch ahead: batch k+1's first generation is queued on the engine thread before batch k's
         candidates are validated, so the engine (the GPU) generates while this thread embeds, checks and selects.
         One thread makes every engine call, one at a time; documents still leave in input order."""
-        from transformers import AutoTokenizer
-
+        from rephrase.loaded import tokenizer
         from rephrase.models import resolve_model
 
-        self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.llm.model))
+        self._tokenizer = tokenizer(resolve_model(self.llm.model))
         self._built: dict[str, list[Validator]] = {}
         self._engine_obj = None
         self._totals = Totals()
@@ -258,7 +257,10 @@ class RephraseStep(PipelineStep):
         from rephrase.llm.engine import Completion
 
         checks = build_validators(self._checks(prompt))
-        select(sample, [Completion(sample, "stop", 0)], checks)
+        for check in checks:  # each one directly: select_round would skip the model checks for this copy
+            if hasattr(check, "prepare"):
+                check.prepare([sample])
+            check(sample, Completion(sample, "stop", 0))
         return checks
 
     def _rewrite(self, prompt: Prompt, pending: list[Job], first, log: GenerationLog, pool) -> None:
@@ -273,16 +275,9 @@ class RephraseStep(PipelineStep):
             call = first if attempt == 1 else pool.submit(self._generate, engine, prompt, pending, sampling, n)
             outputs, seconds = call.result()
             self.stat_update("generate_seconds", value=round(seconds, 3))
-            texts = [
-                t
-                for job, r in zip(pending, outputs, strict=True)
-                for t in (job.text, *(c.text for c in r.completions))
-            ]
-            for check in checks:
-                if hasattr(check, "prepare"):
-                    check.prepare(texts)
+            picks = select_round([(job.text, r.completions) for job, r in zip(pending, outputs, strict=True)], checks)
             retry = []
-            for job, result in zip(pending, outputs, strict=True):
+            for job, result, pick in zip(pending, outputs, picks, strict=True):
                 self.stat_update("requests")
                 if result.error:  # not logged: retried when the task runs again
                     job.outcome = {"failure": "llm_error", "detail": result.error[:500]}
@@ -290,7 +285,6 @@ class RephraseStep(PipelineStep):
                 candidates = result.completions
                 self.stat_update("candidates", value=len(candidates))
                 self.stat_update("output_tokens", value=sum(c.output_tokens for c in candidates))
-                pick = select(job.text, candidates, checks)
                 for reason, count in pick.failures.items():
                     self.stat_update(f"rejected_{reason}", value=count)
                 for verdicts in pick.verdicts:

@@ -179,11 +179,10 @@ class SameLanguage(Validator):
 
     def _predict(self, text: str) -> tuple[str, float]:
         if self._model is None:
-            import fasttext
-
             from filters.language import lid176_path
+            from rephrase.loaded import fasttext_model
 
-            self._model = fasttext.load_model(lid176_path())
+            self._model = fasttext_model(lid176_path())
         labels, probs = self._model.predict(text.replace("\n", " "), k=1)
         return labels[0].removeprefix("__label__"), float(probs[0])
 
@@ -219,9 +218,9 @@ class QualityScore(Validator):
         from filters.train import normalize_for_fasttext
 
         if self._model is None:
-            import fasttext
+            from rephrase.loaded import fasttext_model
 
-            self._model = fasttext.load_model(self.path)
+            self._model = fasttext_model(self.path)
         labels, probs = self._model.predict(normalize_for_fasttext(text), k=-1)
         return float(dict(zip(labels, probs, strict=True)).get(self.label, 0.0))
 
