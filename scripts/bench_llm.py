@@ -8,7 +8,9 @@ same engine arguments, seed and CPU environment) and shared:
              engine.generate, the default validators, selection, checkpoint log), fresh checkpoint dir per run;
              `max_output_ratio=None` and `resample_rounds=0` so it asks for exactly the raw path's work
 Output tokens: raw = sum of len(token_ids) over every candidate; rephrase = the step's `output_tokens` stat. The
-paths sample different random streams, so their token counts differ a little: compare tok/s, not seconds. The
+paths sample different random streams, so their token counts differ (by 10% at 16 documents: a round lasts as long
+as its longest candidate, so tok/s moves with what was sampled); `--temperature 0 --n 1` makes both paths produce
+the same tokens, and "outside engine.generate" is the stage's own share of its time whatever was sampled. The
 tokenizer and the validators' models load once per process (rephrase.loaded), in the warm-up here as in a task's
 first rank; the rephrase column's time includes validating the batch after it returns (the one batch of a run
 here, so nothing overlaps it), and "engine s" is the part spent inside engine.generate. Runs alternate (raw,
@@ -227,6 +229,8 @@ def main() -> None:
     parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
     parser.add_argument("--datatrove", action="store_true", help="also run datatrove's inference runner (a server)")
     args = parser.parse_args()
+    if args.temperature == 0 and args.n != 1:
+        parser.error("--temperature 0 (greedy) needs --n 1: vLLM draws a single greedy candidate")
 
     from rephrase.llm.engine import VLLMEngine, cpu_env_defaults, render
     from rephrase.llm.prompts import load_prompts
@@ -270,10 +274,11 @@ def main() -> None:
         r = median_run(runs[key])
         engine_s = f"{r.engine_seconds:.1f}" if r.engine_seconds is not None else "-"
         accepted = f"{r.accepted}/{args.docs}" if r.accepted is not None else "-"
+        goodput = f"{r.goodput:.3f}" if r.accepted is not None else "-"
         every = ", ".join(f"{x.tok_s:.1f}" for x in runs[key])
         print(
             f"| {r.path} | {r.n} | {r.output_tokens} | {r.seconds:.1f} | {r.tok_s:.1f} | {engine_s} | {accepted} | "
-            f"{r.goodput:.3f} | {every} |"
+            f"{goodput} | {every} |"
         )
 
     def med(key: tuple[str, int], attr: str) -> float:
@@ -283,6 +288,9 @@ def main() -> None:
     for n in dict.fromkeys((args.n, 1)):
         ratio = med(("rephrase", n), "tok_s") / med(("raw", n), "tok_s")
         print(f"rephrase / raw vLLM, n={n}: {ratio:.2f}x output tok/s (median)")
+    for n in dict.fromkeys((args.n, 1)):  # independent of how many tokens each path happened to sample
+        outside = statistics.median(1 - r.engine_seconds / r.seconds for r in runs["rephrase", n])
+        print(f"rephrase, n={n}: {outside:.1%} of the stage's time outside engine.generate (median)")
     if args.n != 1:
         for path in ("rephrase", "raw"):
             ratio = med((path, args.n), "seconds") / med((path, 1), "seconds")

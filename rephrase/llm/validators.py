@@ -24,8 +24,9 @@ class Verdict:
 
 
 class Validator(Protocol):
-    """A check may also define `prepare(texts)`: called once per generation round with every source and
-    candidate text of the round before any `__call__`, so a model-backed check can batch its work."""
+    """A check may also define `prepare(texts)`: called once per generation round, before any `__call__`, with
+    the sources and candidates it will judge, so a model-backed check can batch its work. Such a check only
+    judges candidates that passed every check without `prepare` (rephrase.llm.selection.select_round)."""
 
     name: str
 
