@@ -1,4 +1,4 @@
-"""SIGKILL the whole `rephrase run` process group at 10 points spread over a run, rerun the same command, and get
+"""SIGKILL the whole `rephrase run` process group at 10 points spread over a run (and one more at the start of dedup/mix), rerun the same command, and get
 exactly what an uninterrupted run gives: the same dataset rows, the same ledger, and no finished generation asked
 for again.
 
@@ -6,7 +6,8 @@ The pipeline runs as a real subprocess (`python -m rephrase.cli run`), the way a
 no finally. Its LLM is tests/fake_llm.py through the real `vllm-server` engine, so rewrites are a pure function
 of the document and the comparison can be exact; the real model's engines are tested elsewhere. Kill times are
 stratified over the uninterrupted run's wall time (seeded jitter), so they land in reading and filtering, in
-generation, in the dedup and mix stages and while the ledger and card are written.
+generation, in the dedup and mix stages and while the ledger and card are written; one more kill waits for a
+dedup/mix stage to begin (that window is a few seconds, and a slow start-up once let all ten clocks miss it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fake_llm import FakeLLM, doc_key, rewrite
 
 REPO = Path(__file__).resolve().parent.parent
 KILLS = 10
+FINALIZE = ("finalize", "minhash", "rows")  # the stages after curate, as their log folders are named
 VALIDATORS = "[{use: not_truncated}, {use: not_empty}, {use: length_ratio}, {use: no_meta_text}]"
 
 
@@ -98,7 +100,7 @@ def stage_at_kill(out: Path) -> str:
     logs = out / "logs"
     if (out / "stats.json").exists():
         return "after stats (card)"
-    for stage in ("finalize", "minhash", "rows", "curate"):
+    for stage in (*FINALIZE, "curate"):
         if (logs / stage).exists():
             done = len(list((logs / stage).rglob("completions/*")))
             return f"{stage} ({done} tasks done)"
@@ -123,11 +125,18 @@ def test_sigkill_at_ten_points_then_resume_equals_uninterrupted_run(tmp_path: Pa
 
         rng = random.Random(0)
         report = []
-        for kill in range(KILLS):
+        for kill in range(KILLS + 1):
             out = tmp_path / f"kill{kill}"
             args, log = command(llm.url, tmp_path / "in", out), tmp_path / f"kill{kill}.log"
-            at = wall * (0.15 + 0.78 * kill / (KILLS - 1) + rng.uniform(-0.03, 0.03))
-            while True:  # a run faster than the baseline may end before `at`: then kill earlier, from scratch
+            if kill == KILLS:  # the dedup/mix window is a few seconds: one kill waits for it instead of a clock
+                process, began = start(args, log), time.perf_counter()
+                while not any((out / "logs" / s).exists() for s in FINALIZE) and process.poll() is None:
+                    time.sleep(0.05)
+                at = time.perf_counter() - began
+                os.killpg(process.pid, signal.SIGKILL)
+                assert process.wait() == -signal.SIGKILL, f"the run ended before a finalize stage began:\n{log}"
+            at = wall * (0.15 + 0.78 * kill / (KILLS - 1) + rng.uniform(-0.03, 0.03)) if kill < KILLS else at
+            while kill < KILLS:  # a run faster than the baseline may end before `at`: then kill earlier, from scratch
                 process = start(args, log)
                 time.sleep(max(0.5, at))
                 os.killpg(process.pid, signal.SIGKILL)
