@@ -1,6 +1,6 @@
-"""SIGKILL the whole `rephrase run` process group at 10 points spread over a run (and one more at the start of dedup/mix), rerun the same command, and get
-exactly what an uninterrupted run gives: the same dataset rows, the same ledger, and no finished generation asked
-for again.
+"""SIGKILL the whole `rephrase run` process group at 10 points spread over a run and once more as dedup/mix
+begins, rerun the same command, and get exactly what an uninterrupted run gives: the same dataset rows, the same
+ledger, and no finished generation asked for again.
 
 The pipeline runs as a real subprocess (`python -m rephrase.cli run`), the way a preempted job dies: no atexit,
 no finally. Its LLM is tests/fake_llm.py through the real `vllm-server` engine, so rewrites are a pure function
