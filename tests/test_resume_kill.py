@@ -107,6 +107,30 @@ def stage_at_kill(out: Path) -> str:
     return "start-up"
 
 
+def kill_at(args: list[str], log: Path, out: Path, at: float) -> float:
+    """SIGKILL the run `at` seconds in; a run faster than the baseline may end first: then earlier, from scratch."""
+    while True:
+        process = start(args, log)
+        time.sleep(max(0.5, at))
+        os.killpg(process.pid, signal.SIGKILL)
+        if process.wait() == -signal.SIGKILL:
+            return at
+        assert process.returncode == 0, log.read_text()[-3000:]
+        shutil.rmtree(out)
+        at *= 0.8
+
+
+def kill_as_finalize_begins(args: list[str], log: Path, out: Path) -> float:
+    process, began = start(args, log), time.perf_counter()
+    while not any((out / "logs" / s).exists() for s in FINALIZE) and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, (
+        f"the run ended before a finalize stage began:\n{log.read_text()[-3000:]}"
+    )
+    return time.perf_counter() - began
+
+
 @pytest.mark.slow
 def test_sigkill_at_ten_points_then_resume_equals_uninterrupted_run(tmp_path: Path, sample_dir: Path) -> None:
     rows = [json.loads(x) for x in (sample_dir / "wiki.jsonl").read_text().splitlines() if x.strip()]
@@ -128,23 +152,10 @@ def test_sigkill_at_ten_points_then_resume_equals_uninterrupted_run(tmp_path: Pa
         for kill in range(KILLS + 1):
             out = tmp_path / f"kill{kill}"
             args, log = command(llm.url, tmp_path / "in", out), tmp_path / f"kill{kill}.log"
-            if kill == KILLS:  # the dedup/mix window is a few seconds: one kill waits for it instead of a clock
-                process, began = start(args, log), time.perf_counter()
-                while not any((out / "logs" / s).exists() for s in FINALIZE) and process.poll() is None:
-                    time.sleep(0.05)
-                at = time.perf_counter() - began
-                os.killpg(process.pid, signal.SIGKILL)
-                assert process.wait() == -signal.SIGKILL, f"the run ended before a finalize stage began:\n{log}"
-            at = wall * (0.15 + 0.78 * kill / (KILLS - 1) + rng.uniform(-0.03, 0.03)) if kill < KILLS else at
-            while kill < KILLS:  # a run faster than the baseline may end before `at`: then kill earlier, from scratch
-                process = start(args, log)
-                time.sleep(max(0.5, at))
-                os.killpg(process.pid, signal.SIGKILL)
-                if process.wait() == -signal.SIGKILL:
-                    break
-                assert process.returncode == 0, log.read_text()[-3000:]
-                shutil.rmtree(out)
-                at *= 0.8
+            if kill < KILLS:
+                at = kill_at(args, log, out, wall * (0.15 + 0.78 * kill / (KILLS - 1) + rng.uniform(-0.03, 0.03)))
+            else:  # the dedup/mix window is a few seconds: one kill waits for it instead of a clock
+                at = kill_as_finalize_begins(args, log, out)
             killed_during = stage_at_kill(out)
             before = len(llm.requests)
             saved = checkpointed(out, by_text) if (out / "work" / "llm_checkpoints").exists() else set()

@@ -58,8 +58,9 @@ def select_round(
         for i, cand_verdicts in enumerate(per_candidate):
             failed = [vd.reason for vd in cand_verdicts.values() if not vd.ok]
             pick.failures.update(failed)
-            if not failed and (best is None or rank(cand_verdicts) > best):
-                best, pick.index = rank(cand_verdicts), i
+            score = None if failed else rank(cand_verdicts)
+            if score is not None and (best is None or score > best):
+                best, pick.index = score, i
         picks.append(pick)
     return picks
 
