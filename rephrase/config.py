@@ -201,7 +201,12 @@ class RephraseConfig(Strict):
     prompts_dir: str = Field("../prompts", description="Folder of prompt YAML files.")
     llm: LLMConfig = Field(default_factory=LLMConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    batch_size: int = Field(64, ge=1, description="Documents sent to the engine per call.")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Documents the LLM stage reads at a time; it reads the next batch whenever fewer than this many "
+        "of its requests are still generating, so the engine always holds one to two batches.",
+    )
     prefetch_docs: int = Field(
         256, ge=0, description="Documents read and filtered ahead, in a thread, while the engine generates; 0: off."
     )

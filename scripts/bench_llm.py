@@ -10,10 +10,11 @@ same engine arguments, seed and CPU environment) and shared:
 Output tokens: raw = sum of len(token_ids) over every candidate; rephrase = the step's `output_tokens` stat. The
 paths sample different random streams, so their token counts differ (by 10% at 16 documents: a round lasts as long
 as its longest candidate, so tok/s moves with what was sampled); `--temperature 0 --n 1` makes both paths produce
-the same tokens, and "outside engine.generate" is the stage's own share of its time whatever was sampled. The
+the same tokens, and "engine idle" is the share of the stage's time when the engine held none of its requests
+(its own overhead, whatever was sampled). The
 tokenizer and the validators' models load once per process (rephrase.loaded), in the warm-up here as in a task's
 first rank; the rephrase column's time includes validating the batch after it returns (the one batch of a run
-here, so nothing overlaps it), and "engine s" is the part spent inside engine.generate. Runs alternate (raw,
+here, so nothing overlaps it), and "engine s" is the time the engine held at least one request. Runs alternate (raw,
 rephrase n, rephrase n=1, raw n=1, rephrase adaptive) and repeat; medians are printed. On a shared machine,
 trust the ratios more than the figures.
 
@@ -21,9 +22,13 @@ Goodput is what a curation run pays for: documents with an accepted rewrite per 
 same default validators. `rephrase adaptive` draws one candidate per document, then n-1 more in one request
 (`resample_n`) only for documents whose first candidate failed; the datatrove runner (--datatrove) draws n
 rollouts for every document and its outputs are validated afterwards, the validation time counted in its seconds.
+On one batch the resamples of the documents that fail last run nearly alone; `--stream D` measures goodput the
+way a run meets it, over D documents read in the stage's default batches (resamples join the next documents'
+requests in the running engine), against the runner given all D documents at once (its own default).
 
     python scripts/bench_llm.py                                   # 32 leads, 128 new tokens, n=4, 3 repeats
     python scripts/bench_llm.py --docs 16 --max-tokens 96 --repeats 2
+    python scripts/bench_llm.py --stream 96 --max-tokens 320 --repeats 1 --datatrove   # goodput on a stream
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from rephrase.config import RephraseConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +88,14 @@ def run_raw(llm, conversations: list, args: argparse.Namespace, n: int) -> Run:
 
 
 def run_rephrase(
-    engine, leads: list[dict], prompt, args: argparse.Namespace, n: int, max_tokens: int, adaptive: bool = False
+    engine,
+    leads: list[dict],
+    prompt,
+    args: argparse.Namespace,
+    n: int,
+    max_tokens: int,
+    adaptive: bool = False,
+    batch_size: int | None = None,
 ) -> Run:
     from datatrove.data import Document
 
@@ -110,7 +124,7 @@ def run_rephrase(
             sampling=sampling,
             prompts={"wikipedia": prompt},
             validators=defaults.validators,
-            batch_size=len(docs),  # one engine call, as the raw path makes
+            batch_size=batch_size or len(docs),  # default: one batch, as the raw path sends
             chunk_tokens=defaults.chunk_tokens,
             max_doc_tokens=defaults.max_doc_tokens,
             seed=args.seed,
@@ -197,7 +211,8 @@ def datatrove_runs(
         return {}
     from rephrase.llm.server import VLLMServer
 
-    runs: dict[tuple[str, int], list[Run]] = {("datatrove runner", args.n): [], ("datatrove runner", 1): []}
+    ns = [args.n] if args.stream else list(dict.fromkeys((args.n, 1)))
+    runs: dict[tuple[str, int], list[Run]] = {("datatrove runner", n): [] for n in ns}
     with VLLMServer(model, served_model_name=model, engine_args=engine_args(args), seed=args.seed) as server:
         run_datatrove(server.base_url, model, leads[:2], prompt, args, 1)  # warm-up
         for repeat in range(1, args.repeats + 1):
@@ -214,7 +229,7 @@ def median_run(runs: list[Run]) -> Run:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=32, help="English Wikipedia leads (bundled sample has 120)")
     parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per candidate")
@@ -228,16 +243,28 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
     parser.add_argument("--datatrove", action="store_true", help="also run datatrove's inference runner (a server)")
+    parser.add_argument(
+        "--stream",
+        type=int,
+        metavar="D",
+        help="only goodput over D leads: rephrase adaptive in its default batches vs the datatrove runner (n)",
+    )
     args = parser.parse_args()
     if args.temperature == 0 and args.n != 1:
         parser.error("--temperature 0 (greedy) needs --n 1: vLLM draws a single greedy candidate")
+    if args.stream and not args.datatrove:
+        parser.error("--stream compares against datatrove's runner: add --datatrove")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     from rephrase.llm.engine import VLLMEngine, cpu_env_defaults, render
     from rephrase.llm.prompts import load_prompts
     from rephrase.models import resolve_model
 
     cpu_env_defaults()  # VLLM_CPU_NUM_OF_RESERVED_CPU=0, VLLM_CPU_KVCACHE_SPACE=2 unless set (CPU only)
-    leads = english_leads(args.docs)
+    leads = english_leads(args.stream or args.docs)
     prompt = load_prompts(REPO / "prompts")["wikipedia"]
     conversations = [prompt.messages(r["text"]) for r in leads]
 
@@ -247,33 +274,40 @@ def main() -> None:
     engine.close = lambda: None  # RephraseStep closes its engine after each run; this one is shared
 
     prompt_tokens = sum(render(engine.tokenizer, conversations)[1])
-    print(f"engine init {init_s:.1f} s; {args.docs} docs, {prompt_tokens / args.docs:.0f} prompt tokens/doc")
+    print(f"engine init {init_s:.1f} s; {len(leads)} docs, {prompt_tokens / len(leads):.0f} prompt tokens/doc")
 
     # warm-up (not timed): first calls compile kernels; the tokenizer and validators' models load for the process
     run_raw(engine.llm, conversations[:2], args, 1)
     run_rephrase(engine, leads[:2], prompt, args, 1, max_tokens=16)
 
-    plan = [("raw", args.n), ("rephrase", args.n), ("rephrase", 1), ("raw", 1), ("rephrase adaptive", 1)]
+    if args.stream:
+        plan = [("rephrase adaptive", 1)]
+    else:
+        plan = [("raw", args.n), ("rephrase", args.n), ("rephrase", 1), ("raw", 1), ("rephrase adaptive", 1)]
     runs: dict[tuple[str, int], list[Run]] = {key: [] for key in plan}
+    batch_size = RephraseConfig().batch_size if args.stream else None
     for repeat in range(1, args.repeats + 1):
         for path, n in plan:
             if path == "raw":
                 run = run_raw(engine.llm, conversations, args, n)
             else:
                 adaptive = path == "rephrase adaptive"
-                run = run_rephrase(engine, leads, prompt, args, n, max_tokens=args.max_tokens, adaptive=adaptive)
+                run = run_rephrase(engine, leads, prompt, args, n, args.max_tokens, adaptive, batch_size)
             runs[path, n].append(run)
             print(f"  repeat {repeat} {run.path} n={n}: {run.output_tokens} tok in {run.seconds:.1f} s", flush=True)
 
     engine.llm.llm_engine.engine_core.shutdown()  # free its memory and cores before a server starts
     runs.update(datatrove_runs(engine.model, leads, prompt, args))
+    report(runs, args, len(leads), batch_size)
 
+
+def report(runs: dict[tuple[str, int], list[Run]], args: argparse.Namespace, docs: int, batch: int | None) -> None:
     header = "| path | n | out tokens | seconds | out tok/s | engine s | accepted | goodput docs/s | all runs tok/s |"
     print(f"\n{header}\n|---|---|---|---|---|---|---|---|---|")
     for key in runs:
         r = median_run(runs[key])
         engine_s = f"{r.engine_seconds:.1f}" if r.engine_seconds is not None else "-"
-        accepted = f"{r.accepted}/{args.docs}" if r.accepted is not None else "-"
+        accepted = f"{r.accepted}/{docs}" if r.accepted is not None else "-"
         goodput = f"{r.goodput:.3f}" if r.accepted is not None else "-"
         every = ", ".join(f"{x.tok_s:.1f}" for x in runs[key])
         print(
@@ -285,30 +319,36 @@ def main() -> None:
         return statistics.median(getattr(r, attr) for r in runs[key])
 
     print()
-    for n in dict.fromkeys((args.n, 1)):
-        ratio = med(("rephrase", n), "tok_s") / med(("raw", n), "tok_s")
-        print(f"rephrase / raw vLLM, n={n}: {ratio:.2f}x output tok/s (median)")
-    for n in dict.fromkeys((args.n, 1)):  # independent of how many tokens each path happened to sample
-        outside = statistics.median(1 - r.engine_seconds / r.seconds for r in runs["rephrase", n])
-        print(f"rephrase, n={n}: {outside:.1%} of the stage's time outside engine.generate (median)")
-    if args.n != 1:
-        for path in ("rephrase", "raw"):
-            ratio = med((path, args.n), "seconds") / med((path, 1), "seconds")
-            target = " (target <= 2.5x)" if path == "rephrase" else ""
-            print(f"{path}: n={args.n} / n=1 time: {ratio:.2f}x{target}")
-    if ("datatrove runner", args.n) in runs:
+    for key in runs:
+        if key[0].startswith("rephrase"):  # independent of how many tokens each path happened to sample
+            idle = statistics.median(1 - r.engine_seconds / r.seconds for r in runs[key])
+            print(f"{key[0]}, n={key[1]}: engine idle {idle:.1%} of the stage's time (median)")
+    if ("raw", args.n) in runs:
         for n in dict.fromkeys((args.n, 1)):
-            ratio = med(("rephrase", n), "tok_s") / med(("datatrove runner", n), "tok_s")
-            print(f"rephrase / datatrove runner, n={n}: {ratio:.2f}x output tok/s (median)")
+            ratio = med(("rephrase", n), "tok_s") / med(("raw", n), "tok_s")
+            print(f"rephrase / raw vLLM, n={n}: {ratio:.2f}x output tok/s (median)")
+        if args.n != 1:
+            for path in ("rephrase", "raw"):
+                ratio = med((path, args.n), "seconds") / med((path, 1), "seconds")
+                target = " (target <= 2.5x)" if path == "rephrase" else ""
+                print(f"{path}: n={args.n} / n=1 time: {ratio:.2f}x{target}")
+    if ("datatrove runner", args.n) in runs:
+        if ("rephrase", args.n) in runs:
+            for n in dict.fromkeys((args.n, 1)):
+                ratio = med(("rephrase", n), "tok_s") / med(("datatrove runner", n), "tok_s")
+                print(f"rephrase / datatrove runner, n={n}: {ratio:.2f}x output tok/s (median)")
         dt = med(("datatrove runner", args.n), "goodput")
         for key in (("rephrase adaptive", 1), ("rephrase", args.n)):
+            if key not in runs:
+                continue
             if not dt:
                 print("goodput: the datatrove runner had no accepted rewrite; raise --max-tokens for a ratio")
                 break
             ratio = med(key, "goodput") / dt
             print(f"goodput {key[0]} (n={key[1]}) / datatrove runner (n={args.n}): {ratio:.2f}x (target >= 1.3x)")
+    shape = f"stream of {docs} docs in batches of {batch}" if batch else f"{docs} docs in one batch"
     print(
-        f"\nsettings: model {args.model}, {args.dtype}, enforce_eager={args.enforce_eager}, "
+        f"\nsettings: {shape}; model {args.model}, {args.dtype}, enforce_eager={args.enforce_eager}, "
         f"max_model_len {args.max_model_len}, T={args.temperature}, top_p={args.top_p}, max_tokens {args.max_tokens}, "
         f"repeats {args.repeats}; {platform.machine()} {os.cpu_count()} CPUs; "
         f"VLLM_CPU_NUM_OF_RESERVED_CPU={os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU')}, "

@@ -76,6 +76,7 @@ class FakeLLM:
     die_after: int | None = None
     port: int = 0
     requests: list[Request] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # document keys of the requests `hang` held, as they arrived
     _faults: list[tuple[str, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -110,6 +111,8 @@ class FakeLLM:
         status = 200
         fault = self._next_fault()
         if fault and fault[0] == "hang":
+            with self._lock:
+                self.held.append(doc_key(document))
             time.sleep(fault[1])
         elif fault:
             status = int(fault[1])

@@ -209,8 +209,8 @@ def test_server_dies_with_its_parent(env: Path, model: str) -> None:
 
 @pytest.mark.slow
 def test_vllm_offline_n_candidates_are_one_request_per_document(engine: Engine, wiki_texts: list[str]) -> None:
-    """Best-of-n costs one request per document: one `LLM.chat` call carrying SamplingParams(n=4), answered with
-    one RequestOutput per document holding the 4 candidates. vLLM runs the 4 samples as child requests of that
+    """Best-of-n costs one request per document: one `LLM.enqueue_chat` carrying SamplingParams(n=4), answered
+    with one RequestOutput per document holding the 4 candidates. vLLM runs the 4 samples as child requests of that
     one; their prompt is computed once and reused from the prefix cache in whole KV blocks (128 tokens on CPU),
     so each RequestOutput reports its prompt's full blocks as cached. The cache hit covers document tokens, which
     no other conversation shares, and a fresh document asked for n=1 reports none: the reuse is between siblings."""
@@ -221,23 +221,29 @@ def test_vllm_offline_n_candidates_are_one_request_per_document(engine: Engine, 
     block = llm.llm_engine.vllm_config.cache_config.block_size
     assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
     docs = [prompt.messages(t) for t in wiki_texts[40:60] if len(t) > 400][:4]
-    calls: list[tuple[int, int, list]] = []
-    chat = llm.chat
+    calls: list[tuple[int, list[int], list[str]]] = []
+    finished: dict[str, object] = {}
+    enqueue, step = llm.enqueue_chat, llm.llm_engine.step
 
-    def spy(conversations, params, **kwargs):
-        outputs = chat(conversations, params, **kwargs)
-        calls.append((len(conversations), params.n, outputs))
+    def spy_enqueue(conversations, params, **kwargs):
+        ids = enqueue(conversations, params, **kwargs)
+        calls.append((len(conversations), [p.n for p in params], ids))
+        return ids
+
+    def spy_step():
+        outputs = step()
+        finished.update((o.request_id, o) for o in outputs if o.finished)
         return outputs
 
-    llm.chat = spy
+    llm.enqueue_chat, llm.llm_engine.step = spy_enqueue, spy_step
     short = Sampling(temperature=0.7, max_tokens=8)  # every sample runs to the cap, so all 4 finish together
     try:
         out = engine.generate(docs[:3], 4, short)
         control = engine.generate(docs[3:], 1, short)
     finally:
-        del llm.chat
-    assert [(n_conv, n) for n_conv, n, _ in calls] == [(3, 4), (1, 1)]
-    outputs = calls[0][2]
+        del llm.enqueue_chat, llm.llm_engine.step
+    assert [(n_conv, ns) for n_conv, ns, _ in calls] == [(3, [4, 4, 4]), (1, [1])]
+    outputs = [finished[i.split("-")[0]] for i in calls[0][2]]  # ids from enqueue_chat carry a random suffix
     assert [len(o.outputs) for o in outputs] == [4, 4, 4] and all(len(g.completions) == 4 for g in out)
     assert len({o.request_id for o in outputs}) == 3 and control[0].error is None
     ids = [o.prompt_token_ids for o in outputs]
@@ -245,4 +251,20 @@ def test_vllm_offline_n_candidates_are_one_request_per_document(engine: Engine, 
     for o in outputs:
         assert len(o.prompt_token_ids) > block > shared_template
         assert o.num_cached_tokens == len(o.prompt_token_ids) // block * block, o
-    assert calls[1][2][0].num_cached_tokens == 0
+    assert finished[calls[1][2][0].split("-")[0]].num_cached_tokens == 0
+
+
+@pytest.mark.slow
+def test_a_request_submitted_mid_run_joins_the_running_batch(engine: Engine) -> None:
+    """Continuous batching through `submit`: a short request sent while a long one generates is answered first,
+    without waiting for the long one (the LLM stage sends resamples and the next batch this way). The transformers
+    engine generates each submit whole, in order, so it is the control: there the short one waits."""
+    story = [{"role": "user", "content": "Write a long story about a dragon who learns to read, in ten chapters."}]
+    long = engine.submit([story], 1, Sampling(temperature=0.7, max_tokens=160))[0]
+    time.sleep(1.0)  # the long request is generating
+    short = engine.submit([JAPAN], 1, Sampling(temperature=0.2, max_tokens=4))[0]
+    short.result(timeout=120)
+    joined = not long.done()
+    result = long.result(timeout=300)
+    assert result.error is None and result.completions[0].output_tokens > 40, result  # still running at 1 s
+    assert joined is (type(engine).__name__ != "TransformersEngine")

@@ -10,7 +10,7 @@ import pytest
 from datatrove.data import Document
 
 from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
-from rephrase.llm.engine import Completion, Generation
+from rephrase.llm.engine import Completion, Generation, resolved
 from rephrase.llm.prompts import load_prompts
 from rephrase.llm.stage import RephraseStep
 
@@ -26,15 +26,19 @@ GOOD = (
 
 
 class ScriptedEngine:
-    """Answers from a script: per call, per conversation, a list of candidate texts (or an error string)."""
+    """Answers from a script: per submit, per conversation, a list of candidate texts (or an error string).
+    The stage submits one sampling per conversation (each capped by its input's length)."""
 
     model_id, model_revision = "scripted", ""
 
     def __init__(self, script: list[list[list[str] | str]]) -> None:
         self.script, self.calls = list(script), []
 
+    def submit(self, conversations, n, sampling):
+        return [resolved(g) for g in self.generate(conversations, n, sampling)]
+
     def generate(self, conversations, n, sampling):
-        self.calls.append((len(conversations), sampling.temperature))
+        self.calls.append((len(conversations), sampling[0].temperature))
         self.ns = [*getattr(self, "ns", []), n]
         answers = self.script.pop(0)
         return [
@@ -116,7 +120,7 @@ def test_long_document_chunks_rewritten_and_reassembled_in_order(tmp_path, monke
         """Rewrites each chunk as 'Part <first words>' so the order of reassembly is visible."""
 
         def generate(self, conversations, n, sampling):
-            self.calls.append((len(conversations), sampling.temperature))
+            self.calls.append((len(conversations), sampling[0].temperature))
             out = []
             for conv in conversations:
                 chunk = conv[-1]["content"].split("Text:")[-1].strip()
@@ -181,8 +185,8 @@ def test_summary_reports_acceptance_per_prompt_and_bucket_with_chunks(tmp_path, 
 
     from rephrase.run import acceptance
 
-    # one call per output cap: the two short documents, then the long one's two chunks; then d1 resampled
-    engine = ScriptedEngine([[[GOOD, GOOD], [SOURCE, SOURCE]], [[GOOD, GOOD], [GOOD, SOURCE]], [[SOURCE, SOURCE]]])
+    # one submit for the two short documents and the long one's two chunks (each capped by its length); d1 resampled
+    engine = ScriptedEngine([[[GOOD, GOOD], [SOURCE, SOURCE], [GOOD, GOOD], [GOOD, SOURCE]], [[SOURCE, SOURCE]]])
     long = Document(
         text=f"Section 1. {SOURCE}\n\nSection 2. {SOURCE}",
         id="long",
@@ -224,46 +228,51 @@ def test_a_torn_checkpoint_line_is_cut_so_the_next_entry_survives(tmp_path) -> N
     assert (len(reread), reread.get("c")) == (2, {"failure": "y"})
 
 
-def test_next_batch_generates_while_this_batch_is_validated(tmp_path, monkeypatch) -> None:
-    """The engine must not idle while candidates are checked: batch k+1's engine call starts before batch k's
-    validation ends. Validating document 0 waits for the engine to be called for document 1; a stage that
-    generated and validated in turn would time out here. Order of the output and the rewrites stay the same."""
+def test_requests_join_the_running_engine_without_waiting_for_a_call_to_end(tmp_path, monkeypatch) -> None:
+    """The engine must not idle at call boundaries. This engine answers some requests only once the stage has sent
+    another: document 1's first candidate waits until document 0's resample was submitted (a failed document is
+    resampled while the rest of its batch still generates), and that resample waits until the next batch was
+    submitted (a batch is read while the engine still holds the last one). A stage that waited for whole calls
+    would hang here."""
     import threading
+    from concurrent.futures import Future
 
-    import rephrase.llm.stage as stage_module
-
-    called = [threading.Event() for _ in range(3)]
-    overlapped = []
+    submitted: list[tuple[int, float]] = []
+    waits_for = {(1, 0.7): (0, 0.8), (0, 0.8): (2, 0.7)}  # request (document, temperature) -> submit it waits for
+    held: list[tuple[tuple[int, float], Future, Generation]] = []
 
     class Engine(ScriptedEngine):
-        def generate(self, conversations, n, sampling):
-            text = conversations[0][-1]["content"]
-            called[next(i for i in range(3) if f"marker{i}." in text)].set()
-            return [Generation([Completion(GOOD + f" marker{i}.", "stop", 40)]) for i in range(len(conversations))]
+        def submit(self, conversations, n, sampling):
+            futures = []
+            for conversation, s in zip(conversations, sampling, strict=True):
+                key = (next(i for i in range(4) if f"marker{i}." in conversation[-1]["content"]), s.temperature)
+                submitted.append(key := (key[0], round(key[1], 2)))
+                text = SOURCE if key == (0, 0.7) else f"{GOOD} marker{key[0]}."  # d0 fails at first
+                futures.append(Future())
+                held.append((waits_for.get(key, key), futures[-1], Generation([Completion(text, "stop", 40)])))
+            for entry in [h for h in held if h[0] in submitted]:
+                held.remove(entry)
+                entry[1].set_result(entry[2])
+            return futures
 
-    real_select = stage_module.select_round
-
-    def select_round(jobs, checks):
-        i = next(i for i in range(3) if f"marker{i}." in jobs[0][0])
-        if i < 2:
-            overlapped.append(called[i + 1].wait(timeout=10))
-        return real_select(jobs, checks)
-
-    monkeypatch.setattr(stage_module, "select_round", select_round)
-    step = make_step(tmp_path, Engine([]), monkeypatch, SamplingConfig(n=1, resample_rounds=0))
-    step.batch_size = 1
+    step = make_step(tmp_path, Engine([]), monkeypatch, SamplingConfig(n=1, resample_rounds=1))
+    step.batch_size = 2
     batch = [
         Document(
             text=f"{SOURCE} marker{i}.",
             id=f"d{i}",
             metadata={"record": f"f:{i}", "action": "rephrase", "prompts": ["wikipedia"]},
         )
-        for i in range(3)
+        for i in range(4)
     ]
-    out = list(step.run(iter(batch)))
-    assert overlapped == [True, True]
-    assert [d.id for d in out] == ["d0", "d1", "d2"]
-    assert [len(d.metadata["rewrites"]) for d in out] == [1, 1, 1]
+    out: list[Document] = []
+    worker = threading.Thread(target=lambda: out.extend(step.run(iter(batch))), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), f"the stage waited for a call to end; submitted: {submitted}"
+    assert submitted == [(0, 0.7), (1, 0.7), (2, 0.7), (3, 0.7), (0, 0.8)]
+    assert [d.id for d in out] == ["d0", "d1", "d2", "d3"]
+    assert [d.metadata["rewrites"][0]["attempts"] for d in out] == [2, 1, 1, 1]
 
 
 def test_tasks_of_one_process_load_the_models_once(tmp_path, monkeypatch) -> None:

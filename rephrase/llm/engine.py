@@ -1,10 +1,13 @@
 """One engine interface over vLLM offline, a vLLM OpenAI-compatible server, and plain transformers.
 
-What callers rely on: `generate` takes every conversation of a batch in one call (the engine batches and the n
-candidates of a conversation share one prefill), returns one `Generation` per conversation in input order, and
-never raises for a single failed request: a server error becomes `Generation(completions=[], error=...)` so the
-LLM stage records `llm_error` for that document and goes on. Errors that make the engine unusable (no model, a
-server that will not start or answer) are raised when the engine is built.
+What callers rely on: `submit` hands conversations to the engine and returns at once, one Future per
+conversation; requests submitted while others run join them in the engine's running batch (vLLM's continuous
+batching), so the LLM stage can send a document's resample, or the next batch, the moment it knows it, instead of
+waiting for a whole call to end. The n candidates of a conversation are one request and share one prefill.
+`generate` is submit-and-wait. A failed request never raises: a server error becomes `Generation(completions=[],
+error=...)` so the LLM stage records `llm_error` for that document and goes on. Errors that make the engine
+unusable (no model, a server that will not start or answer) are raised when the engine is built; an engine that
+dies mid-run fails the futures it holds with that error.
 
 Seeding: vLLM engines are seeded once, at start (`seed`), not per request: a per-request `SamplingParams(seed=...)`
 crashes vLLM's CPU engine when a long prompt is prefilled in chunks. `Sampling.seed` is used by the transformers
@@ -15,6 +18,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -74,9 +80,46 @@ class Engine(Protocol):
         """The model's HF tokenizer (with its chat template), for token counting and chunking."""
         ...
 
-    def generate(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]: ...
+    def submit(
+        self, conversations: list[Conversation], n: int | Sequence[int], sampling: Sampling | Sequence[Sampling]
+    ) -> list[Future[Generation]]:
+        """Queue the conversations (n and sampling: one for all, or one per conversation); returns at once."""
+        ...
+
+    def generate(
+        self, conversations: list[Conversation], n: int | Sequence[int], sampling: Sampling | Sequence[Sampling]
+    ) -> list[Generation]: ...
 
     def close(self) -> None: ...
+
+
+class Submits:
+    """`generate` as submit-and-wait, for every engine."""
+
+    def submit(self, conversations, n, sampling) -> list[Future[Generation]]:
+        raise NotImplementedError
+
+    def generate(
+        self, conversations: list[Conversation], n: int | Sequence[int], sampling: Sampling | Sequence[Sampling]
+    ) -> list[Generation]:
+        return [future.result() for future in self.submit(conversations, n, sampling)]
+
+
+def per_conversation(
+    conversations: list[Conversation], n: int | Sequence[int], sampling: Sampling | Sequence[Sampling]
+) -> tuple[list[int], list[Sampling]]:
+    """n and sampling spelled out per conversation, as vLLM takes a list of SamplingParams."""
+    ns = [n] * len(conversations) if isinstance(n, int) else list(n)
+    samplings = [sampling] * len(conversations) if isinstance(sampling, Sampling) else list(sampling)
+    if not len(ns) == len(samplings) == len(conversations):
+        raise ValueError(f"{len(conversations)} conversations, {len(ns)} n values, {len(samplings)} samplings")
+    return ns, samplings
+
+
+def resolved(value: Generation) -> Future[Generation]:
+    future: Future[Generation] = Future()
+    future.set_result(value)
+    return future
 
 
 def render(tokenizer: PreTrainedTokenizerBase, conversations: list[Conversation]) -> tuple[list[str], list[int]]:
@@ -118,8 +161,14 @@ class LazyTokenizer:
         return AutoTokenizer.from_pretrained(self.model, revision=self.revision)
 
 
-class VLLMEngine(LazyTokenizer):
-    """`vllm.LLM` in this process (its workers are spawned); `engine_args` go to `LLM(...)` unchanged."""
+class VLLMEngine(Submits, LazyTokenizer):
+    """`vllm.LLM` in this process (its workers are spawned); `engine_args` go to `LLM(...)` unchanged.
+
+    One thread (started on the first `submit`) owns the engine loop: it adds what was submitted since its last
+    step (`LLM.enqueue_chat`) and steps the engine (`llm_engine.step()`, as `LLM.chat` does), so new requests
+    join the running batch at the next step; every other thread only queues. `llm` stays usable directly (the
+    perplexity filter calls `llm.generate`) as long as nothing was submitted to this engine.
+    """
 
     def __init__(self, model: str, *, engine_args: dict[str, Any] | None = None, seed: int = 0) -> None:
         engine_args = dict(engine_args or {})
@@ -129,34 +178,94 @@ class VLLMEngine(LazyTokenizer):
         from vllm import LLM
 
         self.llm = LLM(model=model, seed=seed, **engine_args)
+        self._queued: list[tuple[list[Conversation], list, list[Future[Generation]]]] = []
+        self._running: dict[str, Future[Generation]] = {}
+        self._wake = threading.Condition()
+        self._loop: threading.Thread | None = None
+        self._broken: BaseException | None = None
+        self._closing = False
 
-    def generate(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
+    def submit(self, conversations, n, sampling) -> list[Future[Generation]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens
-        )
+        ns, samplings = per_conversation(conversations, n, sampling)
         limit = self.llm.llm_engine.model_config.max_model_len
-        results = _too_long(render(self.tokenizer, conversations)[1], limit)
-        todo = [i for i, r in enumerate(results) if r is None]
-        outputs = self.llm.chat([conversations[i] for i in todo], params, use_tqdm=False) if todo else []
-        for i, out in zip(todo, outputs, strict=True):
-            results[i] = Generation([Completion(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs])
-        return results  # type: ignore[return-value]  # every None was filled
+        futures: list[Future[Generation]] = []
+        todo: list[int] = []
+        for i, too_long in enumerate(_too_long(render(self.tokenizer, conversations)[1], limit)):
+            futures.append(resolved(too_long) if too_long else Future())
+            if too_long is None:
+                todo.append(i)
+        if not todo:
+            return futures
+        params = [
+            SamplingParams(n=ns[i], temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+            for i in todo
+            for s in [samplings[i]]
+        ]
+        with self._wake:
+            if self._broken is not None or self._closing:
+                raise RuntimeError("the vLLM engine is closed or failed") from self._broken
+            self._queued.append(([conversations[i] for i in todo], params, [futures[i] for i in todo]))
+            if self._loop is None:
+                self._loop = threading.Thread(target=self._run, name="vllm-engine-loop", daemon=True)
+                self._loop.start()
+            self._wake.notify()
+        return futures
+
+    def _run(self) -> None:
+        queued: list[tuple[list[Conversation], list, list[Future[Generation]]]] = []
+        try:
+            while True:
+                with self._wake:
+                    while not (self._queued or self._running or self._closing):
+                        self._wake.wait()
+                    if self._closing:
+                        break
+                    queued, self._queued = self._queued, []
+                while queued:
+                    conversations, params, futures = queued.pop(0)
+                    ids = self.llm.enqueue_chat(conversations, params, use_tqdm=False)
+                    # enqueue_chat returns internal ids ("<counter>-<random>"); outputs carry the counter part
+                    self._running.update((rid.split("-", 1)[0], f) for rid, f in zip(ids, futures, strict=True))
+                if self._running:
+                    for out in self.llm.llm_engine.step():
+                        if out.finished:
+                            completions = [Completion(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs]
+                            self._running.pop(out.request_id).set_result(Generation(completions))
+        except BaseException as e:  # the engine is unusable: whoever waits hears why
+            logger.exception("vLLM engine loop failed")
+            self._broken = e
+        with self._wake:  # closed or failed: nothing left waits forever
+            queued += self._queued
+            self._queued = []
+        for future in [*self._running.values(), *(f for _, _, futures in queued for f in futures)]:
+            if self._broken is not None:
+                future.set_exception(self._broken)
+            else:
+                future.cancel()
+        self._running.clear()
 
     def close(self) -> None:
-        """Shut down the engine-core process now rather than at garbage collection."""
+        """Stop the loop thread (after its current step), then shut down the engine-core process now rather
+        than at garbage collection."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._loop is not None:
+            self._loop.join()
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None and hasattr(llm.llm_engine, "engine_core"):
             llm.llm_engine.engine_core.shutdown()
 
 
-class TransformersEngine(LazyTokenizer):
+class TransformersEngine(Submits, LazyTokenizer):
     """`AutoModelForCausalLM.generate` on CPU: the reference path, slower than vLLM but with no server or workers.
 
     Reads `dtype` and `revision` from `engine_args`, and `max_num_seqs` (vLLM's name) as the most sequences
     (conversations x n) per `generate` call, since padding makes memory grow with the batch's longest prompt.
     Conversations are sorted by length before batching so a batch pads little; results come back in input order.
+    No continuous batching: each `submit` is generated whole, one after another, on the engine's own thread.
     """
 
     def __init__(self, model: str, *, engine_args: dict[str, Any] | None = None) -> None:
@@ -179,20 +288,42 @@ class TransformersEngine(LazyTokenizer):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         eos = self.hf_model.generation_config.eos_token_id
         self.eos_ids = {self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="transformers-engine")
 
-    def generate(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
+    def submit(self, conversations, n, sampling) -> list[Future[Generation]]:
+        futures: list[Future[Generation]] = [Future() for _ in conversations]
+        call = self._pool.submit(self._generate, conversations, *per_conversation(conversations, n, sampling))
+
+        def settle(done: Future) -> None:
+            error = None if done.cancelled() else done.exception()
+            for i, future in enumerate(futures):
+                if done.cancelled():
+                    future.cancel()
+                elif error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(done.result()[i])
+
+        call.add_done_callback(settle)
+        return futures
+
+    def _generate(self, conversations: list[Conversation], ns: list[int], samplings: list[Sampling]) -> list:
+        """One `generate` per distinct (n, sampling), seeded by its sampling, in length-sorted chunks."""
         import torch
 
         texts, lengths = render(self.tokenizer, conversations)
         results = _too_long(lengths, self.max_model_len)
-        order = sorted((i for i, r in enumerate(results) if r is None), key=lengths.__getitem__)
-        per_call = max(1, self.max_seqs // n)
-        torch.manual_seed(sampling.seed)
-        for start in range(0, len(order), per_call):
-            chunk = order[start : start + per_call]
-            for i, gen in zip(chunk, self._generate_batch([texts[i] for i in chunk], n, sampling), strict=True):
-                results[i] = gen
-        return results  # type: ignore[return-value]  # every None was filled
+        groups: dict[tuple[int, Sampling], list[int]] = {}
+        for i in sorted((i for i, r in enumerate(results) if r is None), key=lengths.__getitem__):
+            groups.setdefault((ns[i], samplings[i]), []).append(i)
+        for (n, sampling), order in groups.items():
+            per_call = max(1, self.max_seqs // n)
+            torch.manual_seed(sampling.seed)
+            for start in range(0, len(order), per_call):
+                chunk = order[start : start + per_call]
+                for i, gen in zip(chunk, self._generate_batch([texts[i] for i in chunk], n, sampling), strict=True):
+                    results[i] = gen
+        return results
 
     def _generate_batch(self, texts: list[str], n: int, sampling: Sampling) -> list[Generation]:
         import torch
@@ -221,6 +352,7 @@ class TransformersEngine(LazyTokenizer):
         return [Generation(completions[k * n : (k + 1) * n]) for k in range(len(texts))]
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.hf_model = None
 
 

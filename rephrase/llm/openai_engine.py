@@ -6,24 +6,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
+from concurrent.futures import Future
 
-from rephrase.llm.engine import Completion, Conversation, Generation, LazyTokenizer, Sampling
+from rephrase.llm.engine import (
+    Completion,
+    Conversation,
+    Generation,
+    LazyTokenizer,
+    Sampling,
+    Submits,
+    per_conversation,
+)
 from rephrase.llm.server import ServerError, VLLMServer
 from rephrase.models import model_identity
 
 logger = logging.getLogger(__name__)
 
 
-class OpenAIServerEngine(LazyTokenizer):
+class OpenAIServerEngine(Submits, LazyTokenizer):
     """Chat completions (`n=` candidates per request) against a vLLM OpenAI-compatible server.
 
-    Requests run concurrently up to `max_concurrency` on one event loop owned by the engine (so the HTTP connection
-    pool survives between calls). Timeouts, connection errors, 408/409/429 and 5xx are retried by the openai
-    client itself, `max_retries` times with exponential backoff (0.5 s doubling, at most 8 s, logged by the
-    `openai` logger); a request that still fails becomes that conversation's `Generation.error`.
+    Requests run concurrently up to `max_concurrency` on one event loop that the engine runs in its own thread (so
+    the HTTP connection pool survives, and a request submitted at any time is sent at once). Timeouts, connection
+    errors, 408/409/429 and 5xx are retried by the openai client itself, `max_retries` times with exponential
+    backoff (0.5 s doubling, at most 8 s, logged by the `openai` logger); a request that still fails becomes that
+    conversation's `Generation.error`.
 
     A server this engine started and that died or hung (killed by the OOM killer, a crashed engine core) is
-    restarted, at most `max_restarts` times per engine, and the failed conversations of that call are sent once
+    restarted, at most `max_restarts` times per engine, and each request that failed because of it is sent once
     more; an existing server (`server_url`) is not ours to restart, so its failures are only recorded.
     """
 
@@ -45,7 +56,12 @@ class OpenAIServerEngine(LazyTokenizer):
         self.restarts_left = max_restarts
         self.model_id, self.model_revision = model_identity(model)
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self._restarts = 0  # how many restarts so far: a request that failed before the latest one is retried
+        self._restart_lock = asyncio.Lock()
+        self._limit = asyncio.Semaphore(max_concurrency)
         self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-engine-loop", daemon=True)
+        self._thread.start()
         self._client = AsyncOpenAI(
             base_url=f"{self.base_url}/v1",
             api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
@@ -53,7 +69,7 @@ class OpenAIServerEngine(LazyTokenizer):
             max_retries=max_retries,
         )
         try:
-            self.served_model_name = served_model_name or self._loop.run_until_complete(self._served_model())
+            self.served_model_name = served_model_name or self._run(self._served_model()).result()
         except BaseException:
             self.close()
             raise
@@ -73,29 +89,34 @@ class OpenAIServerEngine(LazyTokenizer):
                 return name
         raise ServerError(f"server {self.base_url} serves {ids}, none of them {self.model!r}; set the model to one")
 
-    def generate(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
-        results = self._loop.run_until_complete(self._generate_all(conversations, n, sampling))
-        failed = [i for i, g in enumerate(results) if g.error is not None]
-        if failed and self.server is not None and self.restarts_left > 0 and not self.server.healthy():
-            self.restarts_left -= 1
-            self.server.restart()
-            retried = self._loop.run_until_complete(
-                self._generate_all([conversations[i] for i in failed], n, sampling)
-            )
-            for i, generation in zip(failed, retried, strict=True):
-                results[i] = generation
-        return results
+    def _run(self, coroutine) -> Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
-    async def _generate_all(self, conversations: list[Conversation], n: int, sampling: Sampling) -> list[Generation]:
-        limit = asyncio.Semaphore(self.max_concurrency)
-        return list(await asyncio.gather(*(self._generate_one(c, n, sampling, limit) for c in conversations)))
+    def submit(self, conversations, n, sampling) -> list[Future[Generation]]:
+        ns, samplings = per_conversation(conversations, n, sampling)
+        return [self._run(self._answer(c, k, s)) for c, k, s in zip(conversations, ns, samplings, strict=True)]
 
-    async def _generate_one(
-        self, conversation: Conversation, n: int, sampling: Sampling, limit: asyncio.Semaphore
-    ) -> Generation:
+    async def _answer(self, conversation: Conversation, n: int, sampling: Sampling) -> Generation:
+        """One request; once more if our server died and was restarted (by this request or another) meanwhile."""
+        restarts = self._restarts
+        generation = await self._generate_one(conversation, n, sampling)
+        if generation.error is None or self.server is None:
+            return generation
+        async with self._restart_lock:  # one restart for all the requests a dead server failed
+            if self._restarts == restarts and self.restarts_left > 0:
+                if await asyncio.to_thread(self.server.healthy):
+                    return generation  # this request failed on its own
+                self.restarts_left -= 1
+                await asyncio.to_thread(self.server.restart)
+                self._restarts += 1
+        if self._restarts == restarts:
+            return generation
+        return await self._generate_one(conversation, n, sampling)
+
+    async def _generate_one(self, conversation: Conversation, n: int, sampling: Sampling) -> Generation:
         from openai import APIError
 
-        async with limit:
+        async with self._limit:
             try:
                 response = await self._client.chat.completions.create(
                     model=self.served_model_name,
@@ -121,9 +142,11 @@ class OpenAIServerEngine(LazyTokenizer):
     def close(self) -> None:
         """Close the client and its loop, then stop the server if this engine started it."""
         try:
-            if not self._loop.is_closed():
-                self._loop.run_until_complete(self._client.close())
-                self._loop.close()
+            if self._thread.is_alive():
+                self._run(self._client.close()).result()
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join()
+            self._loop.close()
         finally:
             if self.server is not None:
                 self.server.stop()

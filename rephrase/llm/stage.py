@@ -1,26 +1,29 @@
 """RephraseStep: the LLM stage as a datatrove step. It wires prompts, the engine, validators and selection.
 
 Every document passes through (so the step also counts its tokens for mixing); documents routed to `rephrase`
-get one generation call per prompt, batched across documents so the engine sees large batches and the n
-candidates of a document share one prefill. Documents whose n candidates all fail are resampled, alone, up to
-`resample_rounds` more times at a slightly higher temperature: extra candidates are only paid for where the first
-ones failed. Long documents are split into chunks (rephrase.llm.chunking); each chunk is a job of its own and the
-chunk rewrites are joined in order, so a document is rewritten only if every chunk is. Results are recorded on
-the document, never dropped here: a rewrite that fails every validator, a document over the hard length limit,
-or an engine error becomes a recorded failure that the ledger turns into a reason. Finished outcomes go to a
-per-task GenerationLog, so a killed task that reruns does not pay for them again. The stage works one batch
-ahead: while this thread validates a batch's candidates (sentence embeddings for `faithful` are the costly part),
-the engine thread is already generating the next batch's.
+are submitted to the engine per prompt, a batch at a time, and the n candidates of a document share one prefill.
+Documents whose n candidates all fail are resampled up to `resample_rounds` more times at a slightly higher
+temperature, submitted the moment their verdicts are in, so they run beside the next batch's first candidates
+instead of in a small call of their own: extra candidates are only paid for where the first ones failed, and the
+engine's batch stays full. Long documents are split into chunks (rephrase.llm.chunking); each chunk is a job of
+its own and the chunk rewrites are joined in order, so a document is rewritten only if every chunk is. Results
+are recorded on the document, never dropped here: a rewrite that fails every validator, a document over the hard
+length limit, or an engine error becomes a recorded failure that the ledger turns into a reason. Finished
+outcomes go to a per-task GenerationLog, so a killed task that reruns does not pay for them again. The engine
+generates on its own thread while this one validates (sentence embeddings for `faithful` are the costly part).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sized
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
@@ -30,6 +33,7 @@ from datatrove.utils.batching import batched
 from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
 from rephrase.llm.checkpoint import GenerationLog, outcome_key
 from rephrase.llm.chunking import Job, combine, split_document
+from rephrase.llm.engine import Completion, Generation, Sampling
 from rephrase.llm.progress import StageProgress, Totals
 from rephrase.llm.prompts import Prompt
 from rephrase.llm.selection import select_round
@@ -85,9 +89,10 @@ class RephraseStep(PipelineStep):
         )
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        """One batch ahead: batch k+1's first generation is queued on the engine thread before batch k's
-        candidates are validated, so the engine (the GPU) generates while this thread embeds, checks and selects.
-        One thread makes every engine call, one at a time; documents still leave in input order."""
+        """Documents are read a batch at a time and leave in input order. Requests go to the engine the moment they
+        exist (a batch's first candidates, a failed job's resample) and join its running batch; a new batch is read
+        whenever fewer than `batch_size` of this task's requests are still generating, so the engine (the GPU)
+        always has work queued while this thread checks and selects what came back."""
         from rephrase.loaded import tokenizer
         from rephrase.models import resolve_model
 
@@ -97,28 +102,35 @@ class RephraseStep(PipelineStep):
         self._totals = Totals()
         log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
         progress = StageProgress(rank, len(data) if isinstance(data, Sized) else None)
-        pool = ThreadPoolExecutor(1, thread_name_prefix="rephrase-engine")
+        inflight = _InFlight()
+        batches = batched(data, self.batch_size)
+        waiting: deque[_Batch] = deque()  # read and not yet yielded, in input order
+        more = True
         try:
-            waiting = None
-            for batch in batched(data, self.batch_size):
-                started = self._start(list(batch), log, pool)
-                if waiting is not None:
-                    yield from self._finish(waiting, log, pool, progress)
-                waiting = started
-            if waiting is not None:
-                yield from self._finish(waiting, log, pool, progress)
+            while more or inflight.unjudged:
+                while more and len(waiting) < MAX_BATCHES_HELD and inflight.generating < self.batch_size:
+                    batch = next(batches, None)
+                    if batch is None:
+                        more = False
+                        break
+                    waiting.append(self._start(list(batch), log, inflight))
+                    yield from self._flush(waiting, progress)
+                if inflight.unjudged:
+                    with self.track_time("batch"):
+                        self._judge(inflight.take(), log, inflight)
+                yield from self._flush(waiting, progress)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # nothing may still use the engine when it closes
+            if self._engine_obj is not None:  # nothing may still use the engine when the task ends
+                self._engine_obj.close()
+            self.stat_update("generate_seconds", value=round(inflight.busy_seconds, 3))
             progress.close()
             log.close()
-            if self._engine_obj is not None:
-                self._engine_obj.close()
 
-    def _start(self, batch: list[Document], log: GenerationLog, pool) -> _Batch:
-        """Split the batch into jobs per prompt, replay checkpointed ones, queue the first round of the rest."""
-        started = _Batch(batch)
-        lengths = self._tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
-        for doc, ids in zip(batch, lengths, strict=True):
+    def _start(self, docs: list[Document], log: GenerationLog, inflight: _InFlight) -> _Batch:
+        """Split the batch into jobs per prompt, replay checkpointed ones, submit the first round of the rest."""
+        batch = _Batch(docs)
+        lengths = self._tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
+        for doc, ids in zip(docs, lengths, strict=True):
             self.stat_update("total")
             doc.metadata.update(n_tokens=len(ids), rewrites=[], rephrase_failures=[])
             if doc.metadata.get("action") != "rephrase":
@@ -133,30 +145,27 @@ class RephraseStep(PipelineStep):
             self.stat_update("n_tokens_in", value=len(ids) * len(doc.metadata["prompts"]))
             for name in doc.metadata["prompts"]:
                 parts = enumerate(zip(chunks, sizes, strict=True))
-                started.jobs[name] += [Job(doc, i, len(chunks), chunk, n) for i, (chunk, n) in parts]
-        for name, prompt_jobs in started.jobs.items():
+                batch.jobs[name] += [Job(doc, i, len(chunks), chunk, n) for i, (chunk, n) in parts]
+        for name, prompt_jobs in batch.jobs.items():
             prompt = self.prompts[name]
             pending = self._replay(log, prompt, prompt_jobs)
             if pending:
                 self._engine_obj = self._engine_obj or self._engine()
-                first = pool.submit(
-                    self._generate, self._engine_obj, prompt, pending, self._sampling(prompt, 1), self.sampling.n
-                )
-                started.first[name] = (pending, first)
+                batch.open += len(pending)
+                self._submit(batch, prompt, pending, 1, [Counter() for _ in pending], inflight)
                 if name not in self._built:  # validators load their models once per task, while the engine works
                     self._built[name] = self._load_checks(prompt, pending[0].text)
-        return started
+        return batch
 
-    def _finish(self, started: _Batch, log: GenerationLog, pool, progress: StageProgress) -> DocumentsPipeline:
-        with self.track_time("batch"):
-            for name, prompt_jobs in started.jobs.items():
-                prompt = self.prompts[name]
-                if name in started.first:
-                    self._rewrite(prompt, *started.first[name], log, pool)
-                self._assemble(prompt, prompt_jobs)
+    def _flush(self, waiting: deque[_Batch], progress: StageProgress) -> DocumentsPipeline:
+        """Yield the oldest batches whose every job has an outcome."""
+        while waiting and not waiting[0].open:
+            batch = waiting.popleft()
+            for name, prompt_jobs in batch.jobs.items():
+                self._assemble(self.prompts[name], prompt_jobs)
             self._totals.output_tokens = int(self.stats["output_tokens"].total)
-            progress.update(len(started.docs), self._totals)
-        yield from started.docs
+            progress.update(len(batch.docs), self._totals)
+            yield from batch.docs
 
     def _key(self, job: Job, prompt: Prompt) -> str:
         text_hash = hashlib.sha256(job.text.encode("utf-8")).hexdigest()
@@ -214,9 +223,7 @@ class RephraseStep(PipelineStep):
             failure["detail"] = detail[:500]
         doc.metadata["rephrase_failures"].append(failure)
 
-    def _sampling(self, prompt: Prompt, attempt: int):
-        from rephrase.llm.engine import Sampling
-
+    def _sampling(self, prompt: Prompt, attempt: int) -> Sampling:
         s, base = prompt.spec.sampling, self.sampling
         temperature = s.temperature if s.temperature is not None else base.temperature
         return Sampling(
@@ -226,36 +233,32 @@ class RephraseStep(PipelineStep):
             seed=self.seed + attempt - 1,
         )
 
-    def _generate(self, engine, prompt: Prompt, jobs: list[Job], sampling, n: int) -> tuple[list, float]:
-        """On the engine thread: one engine call per output-length bucket (a short chunk is not allowed to ramble
-        to max_tokens). Returns the outputs in job order and the seconds spent in the engine."""
+    def _submit(
+        self, batch: _Batch, prompt: Prompt, jobs: list[Job], attempt: int, reasons: list[Counter], inflight: _InFlight
+    ) -> None:
+        """One engine submit for jobs at the same attempt. Each candidate is capped by its own input's length (a
+        short chunk is not allowed to ramble to max_tokens), in the same call."""
         import dataclasses
         import math
 
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for i, job in enumerate(jobs):
+        sampling = self._sampling(prompt, attempt)
+        n = self.sampling.n if attempt == 1 else (self.sampling.resample_n or self.sampling.n)
+        capped = []
+        for job in jobs:
             limit = sampling.max_tokens
             if self.sampling.max_output_ratio is not None:
                 wanted = max(64, math.ceil(self.sampling.max_output_ratio * job.tokens))
                 limit = min(limit, 2 ** math.ceil(math.log2(wanted)))
-            buckets[limit].append(i)
-        outputs: list = [None] * len(jobs)
-        start = time.perf_counter()
-        for limit, indices in sorted(buckets.items()):
-            results = engine.generate(
-                [prompt.messages(jobs[i].text) for i in indices], n, dataclasses.replace(sampling, max_tokens=limit)
-            )
-            for i, result in zip(indices, results, strict=True):
-                outputs[i] = result
-        return outputs, time.perf_counter() - start
+            capped.append(dataclasses.replace(sampling, max_tokens=limit))
+        futures = self._engine_obj.submit([prompt.messages(job.text) for job in jobs], n, capped)
+        for job, future, seen in zip(jobs, futures, reasons, strict=True):
+            inflight.add(_Request(batch, prompt, job, attempt, n, sampling, seen), future)
 
     def _load_checks(self, prompt: Prompt, sample: str) -> list[Validator]:
         """Build the prompt's validators and check one sample, so their models (MiniLM, lid.176, a quality
         classifier) load now, while the engine thread generates the first round, not after it returns. On this
         thread: loading them on a helper thread left datatrove's Ray pool workers deaf to SIGTERM (the Ray
         executor test hung at pool shutdown; measured, cause inside torch or transformers not pinned down)."""
-        from rephrase.llm.engine import Completion
-
         checks = build_validators(self._checks(prompt))
         for check in checks:  # each one directly: select_round would skip the model checks for this copy
             if hasattr(check, "prepare"):
@@ -263,74 +266,133 @@ class RephraseStep(PipelineStep):
             check(sample, Completion(sample, "stop", 0))
         return checks
 
-    def _rewrite(self, prompt: Prompt, pending: list[Job], first, log: GenerationLog, pool) -> None:
-        """Validate and select each round's candidates; resample the jobs none of whose candidates passed."""
-        checks, engine = self._built[prompt.spec.name], self._engine_obj
-        reasons: dict[str, Counter] = defaultdict(Counter)
-        for attempt in range(1, self.sampling.resample_rounds + 2):
-            if not pending:
+    def _judge(self, settled: list[tuple[_Request, Future]], log: GenerationLog, inflight: _InFlight) -> None:
+        """Validate and select what the engine returned (per prompt, in one batch); resample, at once, the jobs
+        none of whose candidates passed."""
+        by_prompt: dict[str, list[tuple[_Request, Generation]]] = defaultdict(list)
+        for request, future in settled:
+            by_prompt[request.prompt.spec.name].append((request, future.result()))  # raises if the engine died
+        retry: dict[tuple[int, str, int], list[_Request]] = defaultdict(list)
+        for name, answered in by_prompt.items():
+            pairs = [(r.job.text, g.completions) for r, g in answered]
+            for (request, result), pick in zip(answered, select_round(pairs, self._built[name]), strict=True):
+                if self._record(request, result, pick, log):
+                    retry[id(request.batch), name, request.attempt + 1].append(request)
+        log.commit()
+        for (_, _, attempt), requests in retry.items():
+            first, jobs, reasons = requests[0], [r.job for r in requests], [r.reasons for r in requests]
+            self._submit(first.batch, first.prompt, jobs, attempt, reasons, inflight)
+
+    def _record(self, request: _Request, result: Generation, pick, log: GenerationLog) -> bool:
+        """Stats and the job's outcome for one answered request; True when the job is to be resampled."""
+        job, prompt, attempt = request.job, request.prompt, request.attempt
+        self.stat_update("requests")
+        if result.error:  # not logged: retried when the task runs again
+            job.outcome = {"failure": "llm_error", "detail": result.error[:500]}
+            request.batch.open -= 1
+            return False
+        candidates = result.completions
+        self.stat_update("candidates", value=len(candidates))
+        self.stat_update("output_tokens", value=sum(c.output_tokens for c in candidates))
+        for reason, count in pick.failures.items():
+            self.stat_update(f"rejected_{reason}", value=count)
+        for verdicts in pick.verdicts:
+            for name, verdict in verdicts.items():
+                self.stat_update(f"checked_{name}")
+                if not verdict.ok:
+                    self.stat_update(f"failed_by_{name}")
+        request.reasons.update(pick.failures)
+        if pick.accepted:
+            chosen = candidates[pick.index]
+            job.outcome = {
+                "rewrite": {
+                    "text": chosen.text.strip(),
+                    "prompt": prompt.ref,
+                    "prompt_hash": prompt.hash,
+                    "model": self._engine_obj.model_id,
+                    "model_revision": self._engine_obj.model_revision,
+                    "sampling": json.dumps({**request.sampling.__dict__, "n": request.n}),
+                    "candidate_index": pick.index,
+                    "attempts": attempt,
+                    "output_tokens": chosen.output_tokens,
+                    "validators": json.dumps({k: round(v.score, 4) for k, v in pick.verdicts[pick.index].items()}),
+                }
+            }
+        elif attempt <= self.sampling.resample_rounds:
+            self.stat_update("resampled")
+            return True
+        else:
+            job.outcome = {"failure": ",".join(r for r, _ in request.reasons.most_common()) or "no_candidates"}
+        log.put(job.key, job.outcome)
+        request.batch.open -= 1
+        return False
+
+
+MAX_BATCHES_HELD = 4
+"""Batches read and not yet yielded: the engine gets the next batch while an older one waits for its last
+resample, and memory stays bounded."""
+
+
+@dataclass
+class _Request:
+    """A job's request at one attempt, with the failure reasons of its earlier attempts."""
+
+    batch: _Batch
+    prompt: Prompt
+    job: Job
+    attempt: int
+    n: int
+    sampling: Sampling
+    reasons: Counter
+
+
+class _InFlight:
+    """This task's requests between submit and judging. Engines settle futures on their own thread; a callback
+    queues each settled request, so the stage takes what is back in O(1), knows how many are still generating,
+    and counts the seconds during which the engine held any of them (`generate_seconds`)."""
+
+    def __init__(self) -> None:
+        self.generating = 0  # submitted, not settled
+        self.unjudged = 0  # submitted, not taken by the stage
+        self.busy_seconds = 0.0
+        self._since = 0.0
+        self._lock = threading.Lock()
+        self._settled: queue.SimpleQueue[tuple[_Request, Future]] = queue.SimpleQueue()
+
+    def add(self, request: _Request, future: Future) -> None:
+        with self._lock:
+            if not self.generating:
+                self._since = time.perf_counter()
+            self.generating += 1
+        self.unjudged += 1
+        future.add_done_callback(lambda done: self._settle(request, done))
+
+    def _settle(self, request: _Request, future: Future) -> None:
+        with self._lock:
+            self.generating -= 1
+            if not self.generating:
+                self.busy_seconds += time.perf_counter() - self._since
+        self._settled.put((request, future))
+
+    def take(self) -> list[tuple[_Request, Future]]:
+        """Wait for the next settled request, then take every other one settled by now."""
+        taken = [self._settled.get()]
+        while True:
+            try:
+                taken.append(self._settled.get_nowait())
+            except queue.Empty:
                 break
-            sampling = self._sampling(prompt, attempt)
-            n = self.sampling.n if attempt == 1 else (self.sampling.resample_n or self.sampling.n)
-            call = first if attempt == 1 else pool.submit(self._generate, engine, prompt, pending, sampling, n)
-            outputs, seconds = call.result()
-            self.stat_update("generate_seconds", value=round(seconds, 3))
-            picks = select_round([(job.text, r.completions) for job, r in zip(pending, outputs, strict=True)], checks)
-            retry = []
-            for job, result, pick in zip(pending, outputs, picks, strict=True):
-                self.stat_update("requests")
-                if result.error:  # not logged: retried when the task runs again
-                    job.outcome = {"failure": "llm_error", "detail": result.error[:500]}
-                    continue
-                candidates = result.completions
-                self.stat_update("candidates", value=len(candidates))
-                self.stat_update("output_tokens", value=sum(c.output_tokens for c in candidates))
-                for reason, count in pick.failures.items():
-                    self.stat_update(f"rejected_{reason}", value=count)
-                for verdicts in pick.verdicts:
-                    for name, verdict in verdicts.items():
-                        self.stat_update(f"checked_{name}")
-                        if not verdict.ok:
-                            self.stat_update(f"failed_by_{name}")
-                reasons[job.key].update(pick.failures)
-                if pick.accepted:
-                    chosen = candidates[pick.index]
-                    job.outcome = {
-                        "rewrite": {
-                            "text": chosen.text.strip(),
-                            "prompt": prompt.ref,
-                            "prompt_hash": prompt.hash,
-                            "model": engine.model_id,
-                            "model_revision": engine.model_revision,
-                            "sampling": json.dumps({**sampling.__dict__, "n": n}),
-                            "candidate_index": pick.index,
-                            "attempts": attempt,
-                            "output_tokens": chosen.output_tokens,
-                            "validators": json.dumps(
-                                {k: round(v.score, 4) for k, v in pick.verdicts[pick.index].items()}
-                            ),
-                        }
-                    }
-                    log.put(job.key, job.outcome)
-                elif attempt <= self.sampling.resample_rounds:
-                    self.stat_update("resampled")
-                    retry.append(job)
-                else:
-                    job.outcome = {
-                        "failure": ",".join(r for r, _ in reasons[job.key].most_common()) or "no_candidates"
-                    }
-                    log.put(job.key, job.outcome)
-            log.commit()
-            pending = retry
+        self.unjudged -= len(taken)
+        return taken
 
 
 class _Batch:
-    """A batch between `_start` and `_finish`: its jobs per prompt and each prompt's queued first round."""
+    """Documents read together, their jobs per prompt, and how many jobs still wait for an outcome."""
 
     def __init__(self, docs: list[Document]) -> None:
         self.docs = docs
         self.jobs: dict[str, list[Job]] = defaultdict(list)
-        self.first: dict[str, tuple[list[Job], Future]] = {}
+        self.open = 0
 
 
 def _bucket(doc: Document) -> str:
