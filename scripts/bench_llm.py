@@ -19,9 +19,10 @@ rephrase n, rephrase n=1, raw n=1, rephrase adaptive) and repeat; medians are pr
 trust the ratios more than the figures.
 
 Goodput is what a curation run pays for: documents with an accepted rewrite per second, every path judged by the
-same default validators. `rephrase adaptive` draws one candidate per document, then n-1 more in one request
-(`resample_n`) only for documents whose first candidate failed; the datatrove runner (--datatrove) draws n
-rollouts for every document and its outputs are validated afterwards, the validation time counted in its seconds.
+same default validators. `rephrase adaptive 1+KxR` draws one candidate per document, then K more in one request
+(`resample_n`) only for documents whose candidates all failed, for up to R extra rounds (`resample_rounds`); the
+datatrove runner (--datatrove) draws n rollouts for every document and its outputs are validated afterwards, the
+validation time counted in its seconds.
 On one batch the resamples of the documents that fail last run nearly alone; `--stream D` measures goodput the
 way a run meets it, over D documents read in the stage's default batches (resamples join the next documents'
 requests in the running engine), against the runner given all D documents at once (its own default).
@@ -94,7 +95,7 @@ def run_rephrase(
     args: argparse.Namespace,
     n: int,
     max_tokens: int,
-    adaptive: bool = False,
+    adaptive: tuple[int, int] | None = None,
     batch_size: int | None = None,
 ) -> Run:
     from datatrove.data import Document
@@ -109,8 +110,8 @@ def run_rephrase(
         top_p=args.top_p,
         max_tokens=max_tokens,
         max_output_ratio=None,
-        resample_rounds=1 if adaptive else 0,
-        resample_n=args.n - 1 if adaptive and args.n > 1 else None,
+        resample_rounds=adaptive[1] if adaptive else 0,
+        resample_n=adaptive[0] if adaptive else None,
     )
     docs = [
         Document(
@@ -139,7 +140,7 @@ def run_rephrase(
     if stats["chunks"].total != len(docs):
         raise SystemExit(f"{stats['chunks'].total} chunks for {len(docs)} docs: the work differs from the raw path")
     return Run(
-        "rephrase adaptive" if adaptive else "rephrase",
+        f"rephrase adaptive 1+{adaptive[0]}x{adaptive[1]}" if adaptive else "rephrase",
         n,
         seconds,
         int(stats["output_tokens"].total),
@@ -244,6 +245,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
     parser.add_argument("--datatrove", action="store_true", help="also run datatrove's inference runner (a server)")
     parser.add_argument(
+        "--adaptive",
+        nargs="+",
+        default=["3x1"],
+        metavar="KxR",
+        type=lambda v: tuple(int(x) for x in v.split("x")),
+        help="adaptive paths: one candidate, then K more per extra round for R rounds where all failed (3x1: "
+        "1 then 3, as n=4 at most; 1x3: one at a time, up to 4)",
+    )
+    parser.add_argument(
         "--stream",
         type=int,
         metavar="D",
@@ -280,10 +290,10 @@ def main() -> None:
     run_raw(engine.llm, conversations[:2], args, 1)
     run_rephrase(engine, leads[:2], prompt, args, 1, max_tokens=16)
 
-    if args.stream:
-        plan = [("rephrase adaptive", 1)]
-    else:
-        plan = [("raw", args.n), ("rephrase", args.n), ("rephrase", 1), ("raw", 1), ("rephrase adaptive", 1)]
+    variants = {f"rephrase adaptive 1+{k}x{r}": (k, r) for k, r in args.adaptive}
+    plan = [(path, 1) for path in variants]
+    if not args.stream:
+        plan = [("raw", args.n), ("rephrase", args.n), ("rephrase", 1), ("raw", 1), *plan]
     runs: dict[tuple[str, int], list[Run]] = {key: [] for key in plan}
     batch_size = RephraseConfig().batch_size if args.stream else None
     for repeat in range(1, args.repeats + 1):
@@ -291,8 +301,7 @@ def main() -> None:
             if path == "raw":
                 run = run_raw(engine.llm, conversations, args, n)
             else:
-                adaptive = path == "rephrase adaptive"
-                run = run_rephrase(engine, leads, prompt, args, n, args.max_tokens, adaptive, batch_size)
+                run = run_rephrase(engine, leads, prompt, args, n, args.max_tokens, variants.get(path), batch_size)
             runs[path, n].append(run)
             print(f"  repeat {repeat} {run.path} n={n}: {run.output_tokens} tok in {run.seconds:.1f} s", flush=True)
 
@@ -338,7 +347,7 @@ def report(runs: dict[tuple[str, int], list[Run]], args: argparse.Namespace, doc
                 ratio = med(("rephrase", n), "tok_s") / med(("datatrove runner", n), "tok_s")
                 print(f"rephrase / datatrove runner, n={n}: {ratio:.2f}x output tok/s (median)")
         dt = med(("datatrove runner", args.n), "goodput")
-        for key in (("rephrase adaptive", 1), ("rephrase", args.n)):
+        for key in [k for k in runs if k[0].startswith("rephrase adaptive")] + [("rephrase", args.n)]:
             if key not in runs:
                 continue
             if not dt:

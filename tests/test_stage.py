@@ -303,3 +303,24 @@ def test_tasks_of_one_process_load_the_models_once(tmp_path, monkeypatch) -> Non
     assert sorted(loads) == ["AutoModel", "AutoTokenizer", "AutoTokenizer", "fasttext"]
     scores = [[d.metadata["rewrites"][0]["validators"] for d in out if d.metadata["rewrites"]] for out in outs]
     assert len(scores[0]) == 3 and scores[0] == scores[1]
+
+
+def test_an_engine_that_dies_keeps_what_it_finished(tmp_path, monkeypatch) -> None:
+    """A dead engine (its loop failed) fails the futures it held: the task stops with that error, but the
+    rewrites that came back in the same round are judged and checkpointed first, so the rerun does not redo them."""
+    from concurrent.futures import Future
+
+    class Dying(ScriptedEngine):
+        def submit(self, conversations, n, sampling):
+            dead: Future = Future()
+            dead.set_exception(RuntimeError("engine core died"))
+            return [resolved(Generation([Completion(GOOD, "stop", 40)])), dead, dead]
+
+    step = make_step(tmp_path, Dying([]), monkeypatch)
+    with pytest.raises(RuntimeError, match="engine core died"):
+        list(step.run(iter(docs())))
+    engine2 = ScriptedEngine([[[GOOD, GOOD], [GOOD, GOOD]]])
+    step2 = make_step(tmp_path, engine2, monkeypatch)
+    out = list(step2.run(iter(docs())))
+    assert engine2.calls == [(2, 0.7)] and step2.stats["replayed_from_checkpoint"].total == 1
+    assert [len(d.metadata["rewrites"]) for d in out] == [1, 1, 1, 0]

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import queue
-import threading
-import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Sized
 from concurrent.futures import Future
@@ -34,6 +31,7 @@ from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
 from rephrase.llm.checkpoint import GenerationLog, outcome_key
 from rephrase.llm.chunking import Job, combine, split_document
 from rephrase.llm.engine import Completion, Generation, Sampling
+from rephrase.llm.inflight import InFlight
 from rephrase.llm.progress import StageProgress, Totals
 from rephrase.llm.prompts import Prompt
 from rephrase.llm.selection import select_round
@@ -102,7 +100,7 @@ class RephraseStep(PipelineStep):
         self._totals = Totals()
         log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
         progress = StageProgress(rank, len(data) if isinstance(data, Sized) else None)
-        inflight = _InFlight()
+        inflight: InFlight[_Request] = InFlight()
         batches = batched(data, self.batch_size)
         waiting: deque[_Batch] = deque()  # read and not yet yielded, in input order
         more = True
@@ -126,7 +124,7 @@ class RephraseStep(PipelineStep):
             progress.close()
             log.close()
 
-    def _start(self, docs: list[Document], log: GenerationLog, inflight: _InFlight) -> _Batch:
+    def _start(self, docs: list[Document], log: GenerationLog, inflight: InFlight[_Request]) -> _Batch:
         """Split the batch into jobs per prompt, replay checkpointed ones, submit the first round of the rest."""
         batch = _Batch(docs)
         lengths = self._tokenizer([d.text for d in docs], add_special_tokens=False)["input_ids"]
@@ -234,7 +232,7 @@ class RephraseStep(PipelineStep):
         )
 
     def _submit(
-        self, batch: _Batch, prompt: Prompt, jobs: list[Job], attempt: int, reasons: list[Counter], inflight: _InFlight
+        self, batch: _Batch, prompt: Prompt, jobs: list[Job], attempt: int, reasons: list[Counter], inflight: InFlight
     ) -> None:
         """One engine submit for jobs at the same attempt. Each candidate is capped by its own input's length (a
         short chunk is not allowed to ramble to max_tokens), in the same call."""
@@ -266,12 +264,16 @@ class RephraseStep(PipelineStep):
             check(sample, Completion(sample, "stop", 0))
         return checks
 
-    def _judge(self, settled: list[tuple[_Request, Future]], log: GenerationLog, inflight: _InFlight) -> None:
+    def _judge(self, settled: list[tuple[_Request, Future]], log: GenerationLog, inflight: InFlight[_Request]) -> None:
         """Validate and select what the engine returned (per prompt, in one batch); resample, at once, the jobs
         none of whose candidates passed."""
         by_prompt: dict[str, list[tuple[_Request, Generation]]] = defaultdict(list)
+        died = None
         for request, future in settled:
-            by_prompt[request.prompt.spec.name].append((request, future.result()))  # raises if the engine died
+            if future.exception() is not None:  # the engine died: keep what it finished, then stop the task
+                died = died or future.exception()
+                continue
+            by_prompt[request.prompt.spec.name].append((request, future.result()))
         retry: dict[tuple[int, str, int], list[_Request]] = defaultdict(list)
         for name, answered in by_prompt.items():
             pairs = [(r.job.text, g.completions) for r, g in answered]
@@ -279,6 +281,8 @@ class RephraseStep(PipelineStep):
                 if self._record(request, result, pick, log):
                     retry[id(request.batch), name, request.attempt + 1].append(request)
         log.commit()
+        if died is not None:
+            raise died
         for (_, _, attempt), requests in retry.items():
             first, jobs, reasons = requests[0], [r.job for r in requests], [r.reasons for r in requests]
             self._submit(first.batch, first.prompt, jobs, attempt, reasons, inflight)
@@ -344,46 +348,6 @@ class _Request:
     n: int
     sampling: Sampling
     reasons: Counter
-
-
-class _InFlight:
-    """This task's requests between submit and judging. Engines settle futures on their own thread; a callback
-    queues each settled request, so the stage takes what is back in O(1), knows how many are still generating,
-    and counts the seconds during which the engine held any of them (`generate_seconds`)."""
-
-    def __init__(self) -> None:
-        self.generating = 0  # submitted, not settled
-        self.unjudged = 0  # submitted, not taken by the stage
-        self.busy_seconds = 0.0
-        self._since = 0.0
-        self._lock = threading.Lock()
-        self._settled: queue.SimpleQueue[tuple[_Request, Future]] = queue.SimpleQueue()
-
-    def add(self, request: _Request, future: Future) -> None:
-        with self._lock:
-            if not self.generating:
-                self._since = time.perf_counter()
-            self.generating += 1
-        self.unjudged += 1
-        future.add_done_callback(lambda done: self._settle(request, done))
-
-    def _settle(self, request: _Request, future: Future) -> None:
-        with self._lock:
-            self.generating -= 1
-            if not self.generating:
-                self.busy_seconds += time.perf_counter() - self._since
-        self._settled.put((request, future))
-
-    def take(self) -> list[tuple[_Request, Future]]:
-        """Wait for the next settled request, then take every other one settled by now."""
-        taken = [self._settled.get()]
-        while True:
-            try:
-                taken.append(self._settled.get_nowait())
-            except queue.Empty:
-                break
-        self.unjudged -= len(taken)
-        return taken
 
 
 class _Batch:
