@@ -94,10 +94,9 @@ class Engine(Protocol):
 
 
 class Submits:
-    """`generate` as submit-and-wait, for every engine."""
+    """`generate` as submit-and-wait, for every engine (each defines `submit`)."""
 
-    def submit(self, conversations, n, sampling) -> list[Future[Generation]]:
-        raise NotImplementedError
+    submit: Any
 
     def generate(
         self, conversations: list[Conversation], n: int | Sequence[int], sampling: Sampling | Sequence[Sampling]
