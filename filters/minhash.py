@@ -15,17 +15,20 @@ shingles intact, so J = s/(2-s). With n=5, p=1% gives J=0.91 (always caught), 2%
 ~80%). Shorter n-grams tolerate more edits (n=3: 5% gives J=0.75) but let unrelated text share more shingles.
 
 Stages (run in order by rephrase.executors, each after the one before):
-  signatures  N tasks           rows -> RowIndex (row id and kind per position) -> MinhashDedupSignature
+  signatures  N tasks           rows -> [exact dups out] -> RowIndex (row key, shard, position per task position)
+                                -> MinhashDedupSignature
   buckets     num_buckets tasks MinhashDedupBuckets: pairs of rows sharing a band
-  cluster     1 task            MinhashDedupCluster (union-find) -> ResolveTwins: twins.parquet (id -> kept id)
-and then NearDedupFilter in any later stage, with any task layout.
+  cluster     1 task            MinhashDedupCluster (union-find) -> ResolveTwins: twins/twins.parquet
+and then NearDuplicates in any later stage, with any task layout. The cluster task holds only the rows that have a
+near-duplicate (union-find over pairs, as datatrove's), not the corpus.
 
 datatrove's own last step (MinhashDedupFilter) is not used: it finds rows by (task, position), so the reading
 stage would have to shard rows exactly as the signature stage did; it keeps the union-find root, so whether an
 original or its rewrite survives depends on union order; and it names no twin. ResolveTwins maps positions to row
-ids once, through the index RowIndex wrote in the same pass as the signatures, and keeps per cluster the original
-before any synthetic row, then the first seen (task, position). Rows with fewer than n_grams words get no
-signature and are never near-dups (exact dedup still sees them).
+keys once, through the index RowIndex wrote in the same pass as the signatures, and keeps per cluster the original
+before any synthetic row, then the first in (shard, position) order: the same row whatever the number of tasks.
+Rows are named by their unique key (input record), never by input id, which two files may share. Rows with fewer
+than n_grams words get no signature and are never near-dups (exact dedup still sees them).
 """
 
 from __future__ import annotations
@@ -42,14 +45,15 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.io import DataFolder, get_datafolder
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup import minhash as dt
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers import ParquetWriter
-from datatrove.pipeline.writers.disk_base import DiskWriter
 from pydantic import BaseModel, ConfigDict, Field
 
-INDEX_SCHEMA = pa.schema([("id", pa.string()), ("kind", pa.string())])
-TWINS_SCHEMA = pa.schema([("id", pa.string()), ("duplicate_of", pa.string()), ("kind", pa.string())])
-TWINS_FILE = "twins.parquet"
+from filters.dedup import LISTED_SCHEMA, DropListed
+
+INDEX_SCHEMA = pa.schema(
+    [("key", pa.string()), ("id", pa.string()), ("kind", pa.string()), ("shard", pa.string()), ("pos", pa.int64())]
+)
+TWINS_DIR = "twins"
 
 
 class MinhashConfig(BaseModel):
@@ -89,7 +93,8 @@ def datatrove_config(cfg: MinhashConfig) -> dt.MinhashConfig:
 
 
 class RowIndex(ParquetWriter):
-    """Passes rows on and writes `index/<task>.parquet`: row i is the id and kind of the task's i-th row.
+    """Passes rows on and writes `index/<task>.parquet`: row i is the key, id, kind, shard and position in the
+    shard of the task's i-th row.
 
     The signature step numbers rows by their position in its input; this writer sits right before it in the same
     pipeline, so both see the same rows in the same order whatever the reader's sharding.
@@ -101,7 +106,14 @@ class RowIndex(ParquetWriter):
         super().__init__(folder, output_filename="${rank}.parquet", schema=INDEX_SCHEMA, max_file_size=-1)
 
     def _default_adapter(self, document: Document) -> dict:
-        return {"id": document.id, "kind": document.metadata.get("kind", "original")}
+        meta = document.metadata
+        return {
+            "key": meta["key"],
+            "id": document.id,
+            "kind": meta.get("kind", "original"),
+            "shard": meta["shard"],
+            "pos": meta["row_pos"],
+        }
 
 
 class ResolveTwins(PipelineStep):
@@ -122,85 +134,57 @@ class ResolveTwins(PipelineStep):
         if world_size != 1:
             raise ValueError(f"{self.name} resolves all clusters at once: run it in 1 task, not {world_size}")
         folder = get_datafolder(self.folder)
-        # cluster id -> members as (is_synthetic, task, position, id, kind): sorting puts the keeper first
-        members: dict[int, list[tuple[bool, int, int, str, str]]] = defaultdict(list)
+        # cluster id -> members as (is_synthetic, shard, position, key, id, kind): sorting puts the keeper first
+        members: dict[int, list[tuple[bool, str, int, str, str, str]]] = defaultdict(list)
         with self.track_time():
             for name in folder.list_files("clusters", glob_pattern="*.clusters"):
                 task = int(Path(name).name.removesuffix(".clusters"))
                 with folder.open(name, "rb") as f:
                     pairs = np.frombuffer(f.read(), dtype="<u4").reshape(-1, 2)  # (position, cluster id)
                 pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
-                for (position, cluster), (row_id, kind) in zip(
+                for (_, cluster), (key, row_id, kind, shard, pos) in zip(
                     pairs.tolist(), _index_rows(folder, task, pairs[:, 0]), strict=True
                 ):
-                    members[cluster].append((kind == "synthetic", task, position, row_id, kind))
+                    members[cluster].append((kind == "synthetic", shard, pos, key, row_id, kind))
             twins = []
             for cluster in members.values():
                 kept, *removed = sorted(cluster)
                 self.stat_update("clusters")
                 if kept[0]:
                     self.stat_update("clusters_all_synthetic")
-                for *_, row_id, kind in removed:
+                for _, shard, _, key, _, kind in removed:
                     self.stat_update(f"duplicate_{kind}")
-                    twins.append({"id": row_id, "duplicate_of": kept[3], "kind": kind})
-            if len({t["id"] for t in twins}) != len(twins):
-                raise ValueError("row ids repeat among near-duplicates: MinHash near-dedup needs unique row ids")
-            with folder.open(TWINS_FILE, "wb") as f:
-                pq.write_table(pa.Table.from_pylist(twins, schema=TWINS_SCHEMA), f)
+                    twins.append({"shard": shard, "key": key, "duplicate_of": kept[4], "kind": kind})
+            if len({t["key"] for t in twins}) != len(twins):
+                raise ValueError("row keys repeat among near-duplicates: an accounting bug, please report")
+            twins.sort(key=lambda t: t["shard"])
+            with folder.open(f"{TWINS_DIR}/twins.parquet", "wb") as f:
+                pq.write_table(pa.Table.from_pylist(twins, schema=LISTED_SCHEMA), f)
         yield from ()
 
 
-def _index_rows(folder: DataFolder, task: int, positions: np.ndarray) -> Iterator[tuple[str, str]]:
-    """(id, kind) at each of the given ascending positions of one task's index, read in batches."""
+def _index_rows(folder: DataFolder, task: int, positions: np.ndarray) -> Iterator[tuple]:
+    """(key, id, kind, shard, pos) at each of the given ascending positions of one task's index, read in batches."""
     start, done = 0, 0
+    columns = INDEX_SCHEMA.names
     with folder.open(f"index/{task:05d}.parquet", "rb") as f, pq.ParquetFile(f) as pf:
-        for batch in pf.iter_batches(batch_size=65_536, columns=["id", "kind"]):
+        for batch in pf.iter_batches(batch_size=65_536, columns=columns):
             end = int(np.searchsorted(positions, start + batch.num_rows))
             if end > done:
                 offsets = pa.array(positions[done:end] - start)
-                yield from zip(
-                    batch.column("id").take(offsets).to_pylist(),
-                    batch.column("kind").take(offsets).to_pylist(),
-                    strict=True,
-                )
+                yield from zip(*(batch.column(c).take(offsets).to_pylist() for c in columns), strict=True)
             start, done = start + batch.num_rows, end
     if done < len(positions):
         raise ValueError(f"index of task {task} has {start} rows but the clusters name row {positions[-1]}: rerun")
 
 
-class NearDedupFilter(BaseFilter):
+class NearDuplicates(DropListed):
     """Drops rows that ResolveTwins listed, with reason `near_duplicate` and `duplicate_of` = the kept row's id.
-
-    Rows are matched by id, so this step can run in any stage layout (the finalize stage reads all rows in one
-    task). The list is loaded on first use: the step is built before the cluster stage has written it.
-    """
+    Point it at `<minhash folder>/twins`."""
 
     name = "near_dedup"
-
-    def __init__(self, folder: str, exclusion_writer: DiskWriter | None = None) -> None:
-        super().__init__(exclusion_writer)
-        self.folder = folder
-        self._twins: dict[str, str] | None = None
-
-    def _load(self) -> dict[str, str]:
-        folder = get_datafolder(self.folder)
-        if not folder.isfile(TWINS_FILE):
-            raise FileNotFoundError(
-                f"{self.folder}/{TWINS_FILE} is missing: run the minhash stages (signatures, buckets, cluster) first"
-            )
-        with folder.open(TWINS_FILE, "rb") as f:
-            table = pq.read_table(f, columns=["id", "duplicate_of"])
-        return dict(zip(table.column("id").to_pylist(), table.column("duplicate_of").to_pylist(), strict=True))
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        if self._twins is None:
-            self._twins = self._load()
-        twin = self._twins.get(doc.id)
-        if twin is None:
-            return True
-        doc.metadata["duplicate_of"] = twin
-        self.stat_update(f"duplicate_{doc.metadata.get('kind', 'original')}")
-        return False, "near_duplicate"
+    reason = "near_duplicate"
+    made_by = "the minhash stages (signatures, buckets, cluster)"
 
 
 @dataclass(frozen=True)
@@ -210,8 +194,8 @@ class MinhashStage:
     tasks: int
 
 
-def minhash_stages(cfg: MinhashConfig, rows_reader: PipelineStep, folder: str, tasks: int) -> list[MinhashStage]:
-    """The three stages that turn the rows `rows_reader` yields into `<folder>/twins.parquet`, in run order.
+def minhash_stages(cfg: MinhashConfig, rows: list[PipelineStep], folder: str, tasks: int) -> list[MinhashStage]:
+    """The three stages that turn the rows the `rows` steps yield into `<folder>/twins/`, in run order.
 
     tasks: how many tasks the signature stage splits the rows into (the reader shards by task); buckets always
     runs one task per band and cluster one task.
@@ -221,7 +205,7 @@ def minhash_stages(cfg: MinhashConfig, rows_reader: PipelineStep, folder: str, t
         MinhashStage(
             "signatures",
             [
-                rows_reader,
+                *rows,
                 RowIndex(f"{folder}/index"),
                 dt.MinhashDedupSignature(f"{folder}/signatures", config=dt_cfg, language=cfg.language),
             ],

@@ -26,22 +26,35 @@ compared with rows of its own source (`source_id`); `compare_own_source: true` t
 
 Documents are embedded on their first `max_tokens` tokens (all-MiniLM-L6-v2 was trained on 128 and truncates at
 256), so two documents that share a long opening and differ later can collide: embeddings summarise openings.
+
+At scale it runs as NeMo Curator's semantic dedup does, in four stages (rephrase.pipeline), none holding the corpus:
+  embed    N tasks  each task embeds its rows in batches -> emb/<task>.parquet (key, shard, position, vector)
+  fit      1 task   k-means on a seeded sample of at most `fit_sample` vectors -> centroids.npy
+  assign   N tasks  each task's vectors to their nearest centroid -> clusters/<group>/<task>.parquet, group =
+                    cluster mod N, so a cluster's rows all meet in one group
+  compare  N tasks  one task per group: within each of its clusters, the greedy comparison above ->
+                    result/<group>.parquet (every row's cluster, and for a duplicate its kept twin)
+and `SemanticDuplicates` applies the result in finalize. Rows are visited originals first, then in (shard,
+position) order, so the kept row does not depend on the task layout.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import time
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from datatrove.data import DocumentsPipeline
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.writers.disk_base import DiskWriter
 from pydantic import BaseModel, ConfigDict, Field
+from xxhash import xxh3_64_intdigest
+
+from filters.dedup import DropListed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,6 +89,12 @@ class SemanticDedupConfig(BaseModel):
     )
     report_thresholds: list[float] = Field(
         list(REPORT_THRESHOLDS), description="Thresholds whose removal share is recorded in the stats."
+    )
+    fit_sample: int = Field(
+        100_000,
+        ge=100,
+        description="Rows k-means is fitted on (a seeded sample, all rows if fewer); every row is then assigned to "
+        "its nearest centroid. Bounds the fit's memory: fit_sample x 384 floats for all-MiniLM-L6-v2.",
     )
 
 
@@ -208,65 +227,268 @@ def removal_shares(twins: dict[float, list[Twin | None]]) -> dict[float, float]:
     return {t: sum(x is not None for x in rows) / max(1, len(rows)) for t, rows in sorted(twins.items())}
 
 
-class SemanticDedup(PipelineStep):
-    """Holds every row of its task (run it in the single-task finalize stage, like `rephrase.mix.Mix`), embeds
-    them in batches, clusters, and drops semantic duplicates to the exclusion writer. Kept rows get
-    `metadata["semantic_cluster"]`, which `rephrase.rebalance` can weight by."""
+ROW_COLUMNS = ("key", "id", "shard", "pos", "synthetic", "source_id")
+RESULT_SCHEMA = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("key", pa.string()),
+        ("cluster", pa.int64()),
+        ("duplicate_of", pa.string()),
+        ("similarity", pa.float64()),
+        ("kind", pa.string()),
+    ]
+)
 
-    name = "semantic_dedup"
-    type = "🔻 - FILTER"
 
-    def __init__(self, config: SemanticDedupConfig, seed: int = 0, exclusion_writer: DiskWriter | None = None) -> None:
+def _write(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def _vectors(table: pa.Table) -> np.ndarray:
+    import numpy as np
+
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    return np.asarray(column.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+class EmbedRows(PipelineStep):
+    """Embeds each task's rows, `batch_size` at a time, into `<folder>/emb/<rank>.parquet`."""
+
+    name = "semantic_embed"
+    type = "🔢 - EMBED"
+
+    def __init__(self, config: SemanticDedupConfig, folder: str) -> None:
         super().__init__()
-        self.config, self.seed, self.exclusion_writer = config, seed, exclusion_writer
+        self.config, self.folder = config, Path(folder)
         self.embedder = Embedder(config.model, config.pooling, config.max_tokens, config.batch_size)
-        self.shares: dict[float, float] = {}
-        self.timings: dict[str, float] = {}
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        docs = list(data)
-        if not docs:
-            return
+        writer, batch = None, []
+        target = self.folder / "emb" / f"{rank:05d}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+        def flush() -> pa.RecordBatchWriter:
+            with self.track_time():
+                vectors = self.embedder.encode([d.text for d in batch])
+            table = pa.table(
+                {
+                    "key": [d.metadata["key"] for d in batch],
+                    "id": [d.id for d in batch],
+                    "shard": [d.metadata["shard"] for d in batch],
+                    "pos": [d.metadata["row_pos"] for d in batch],
+                    "synthetic": [d.metadata.get("kind") == "synthetic" for d in batch],
+                    "source_id": [str(d.metadata.get("source_id", d.id)) for d in batch],
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
+                }
+            )
+            out = writer or pq.ParquetWriter(target, table.schema)
+            out.write_table(table)
+            self.stat_update("rows", value=len(batch))
+            return out
+
+        try:
+            for doc in data:
+                batch.append(doc)
+                if len(batch) >= 4 * self.config.batch_size:
+                    writer, batch = flush(), []
+            if batch:
+                writer = flush()
+        finally:
+            if writer is not None:
+                writer.close()
+        yield from ()
+
+
+class FitCentroids(PipelineStep):
+    """k-means (scikit-learn, seeded, one init) on a seeded sample of every task's vectors; k = ceil(rows /
+    docs_per_cluster) over all rows. On unit vectors Euclidean k-means groups by cosine similarity, as SemDeDup's
+    spherical k-means does."""
+
+    name = "semantic_fit"
+    type = "🔢 - EMBED"
+
+    def __init__(self, config: SemanticDedupConfig, folder: str, seed: int) -> None:
+        super().__init__()
+        self.config, self.folder, self.seed = config, Path(folder), seed
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        import numpy as np
+
+        files = sorted((self.folder / "emb").glob("*.parquet"))
+        total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        rate = min(1.0, self.config.fit_sample / max(1, total))
+        sample = []
+        for f in files:
+            with pq.ParquetFile(f) as pf:
+                for batch in pf.iter_batches(columns=["key", "embedding"], batch_size=4096):
+                    keys = batch.column("key").to_pylist()
+                    take = [i for i, k in enumerate(keys) if xxh3_64_intdigest(f"{self.seed}:fit:{k}") / 2**64 < rate]
+                    if take:
+                        sample.append(_vectors(pa.Table.from_batches([batch]).take(take)))
+        vectors = np.concatenate(sample) if sample else np.zeros((0, 1), dtype=np.float32)
+        k = max(1, min(len(vectors), math.ceil(total / self.config.docs_per_cluster)))
+        with self.track_time():
+            centroids = cluster_centres(vectors, k, self.seed)
+        self.stat_update("rows", value=total)
+        self.stat_update("sample", value=len(vectors))
+        self.stat_update("clusters", value=len(centroids))
+        logger.info("semantic dedup: %d rows, k-means k=%d fitted on %d of them", total, len(centroids), len(vectors))
+        np.save(self.folder / "centroids.npy", centroids)
+        yield from ()
+
+
+def cluster_centres(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    if k <= 1 or len(vectors) <= 1:
+        return vectors.mean(axis=0, keepdims=True) if len(vectors) else np.zeros((1, 1), dtype=np.float32)
+    return KMeans(n_clusters=k, n_init=1, random_state=seed).fit(vectors).cluster_centers_.astype(np.float32)
+
+
+def nearest(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid (Euclidean, as KMeans.predict) of each vector."""
+    import numpy as np
+
+    if centroids.shape[1] != vectors.shape[1]:  # no vector was sampled: everything is one cluster
+        return np.zeros(len(vectors), dtype=np.int64)
+    return (2 * vectors @ centroids.T - (centroids**2).sum(axis=1)).argmax(axis=1)
+
+
+class AssignClusters(PipelineStep):
+    """Each task's vectors to their nearest centroid, filed by cluster group (cluster mod world size)."""
+
+    name = "semantic_assign"
+    type = "🔢 - EMBED"
+
+    def __init__(self, folder: str) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        import numpy as np
+
+        source = self.folder / "emb" / f"{rank:05d}.parquet"
+        if source.is_file():
+            centroids = np.load(self.folder / "centroids.npy")
+            writers: dict[int, pq.ParquetWriter] = {}
+            try:
+                with pq.ParquetFile(source) as pf:
+                    for batch in pf.iter_batches(batch_size=4096):
+                        table = pa.Table.from_batches([batch])
+                        labels = nearest(_vectors(table), centroids)
+                        table = table.append_column("cluster", pa.array(labels, pa.int64()))
+                        groups = labels % world_size
+                        for g in np.unique(groups).tolist():
+                            part = table.filter(pa.array(groups == g))
+                            if g not in writers:
+                                path = self.folder / "clusters" / f"{g:05d}" / f"{rank:05d}.parquet"
+                                path.parent.mkdir(parents=True, exist_ok=True)
+                                writers[g] = pq.ParquetWriter(path, part.schema)
+                            writers[g].write_table(part)
+                        self.stat_update("rows", value=len(table))
+            finally:
+                for w in writers.values():
+                    w.close()
+        yield from ()
+
+
+class CompareClusters(PipelineStep):
+    """One task per cluster group: within each cluster, rows compared greedily (originals first, then in (shard,
+    position) order) with the rows kept before them; every row's cluster and twin to `result/<group>.parquet`.
+    Counts what each of `report_thresholds` would remove (`would_drop_at_<t>`), the curve to choose from."""
+
+    name = "semantic_compare"
+    type = "🫂 - DEDUP"
+
+    def __init__(self, config: SemanticDedupConfig, folder: str) -> None:
+        super().__init__()
+        self.config, self.folder = config, Path(folder)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        import numpy as np
+
         cfg = self.config
-        synthetic = [d.metadata.get("kind") == "synthetic" for d in docs]
-        groups = None
-        if not cfg.compare_own_source:
-            ids: dict[str, int] = {}
-            groups = [ids.setdefault(str(d.metadata.get("source_id", d.id)), len(ids)) for d in docs]
-        thresholds = sorted({cfg.threshold, *cfg.report_thresholds})
-        with self.track_time():  # datatrove keeps one timer per step; the phases are in self.timings
-            start = time.perf_counter()
-            embeddings = self.embedder.encode([d.text for d in docs])
-            embedded = time.perf_counter()
-            labels = cluster(embeddings, cfg.docs_per_cluster, self.seed)
-            clustered = time.perf_counter()
-            twins = find_duplicates(embeddings, labels, thresholds, synthetic, groups)
-            self.timings = {
-                "embed": embedded - start,
-                "cluster": clustered - embedded,
-                "compare": time.perf_counter() - clustered,
-            }
-        k = len(set(labels.tolist()))
-        self.stat_update("clusters", value=k)
-        self.shares = removal_shares(twins)
-        curve = ", ".join(f"{t:.2f}: {share:.2%}" for t, share in self.shares.items())
-        logger.info("semantic dedup of %d rows in %d clusters; share removed by threshold: %s", len(docs), k, curve)
-        for t in cfg.report_thresholds:
-            self.stat_update(f"would_drop_at_{t:.2f}", value=sum(x is not None for x in twins[t]))
-        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
-            for doc, label, twin in zip(docs, labels.tolist(), twins[cfg.threshold], strict=True):
-                kind = doc.metadata.get("kind", "original")
+        files = sorted((self.folder / "clusters" / f"{rank:05d}").glob("*.parquet"))
+        table = pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+        rows = []
+        if table is not None and len(table):
+            table = table.sort_by([("cluster", "ascending"), ("synthetic", "ascending"), ("shard", "ascending"),
+                                   ("pos", "ascending")])  # fmt: skip
+            synthetic = table.column("synthetic").to_pylist()
+            groups = None
+            if not cfg.compare_own_source:
+                ids: dict[str, int] = {}
+                groups = [ids.setdefault(s, len(ids)) for s in table.column("source_id").to_pylist()]
+            thresholds = sorted({cfg.threshold, *cfg.report_thresholds})
+            labels = table.column("cluster").to_numpy()
+            with self.track_time():
+                twins = find_duplicates(_vectors(table), labels, thresholds, synthetic, groups)
+            for t in cfg.report_thresholds:
+                self.stat_update(f"would_drop_at_{t:.2f}", value=sum(x is not None for x in twins[t]))
+            self.stat_update("clusters", value=len(np.unique(labels)))
+            row_ids, keys, shards = (table.column(c).to_pylist() for c in ("id", "key", "shard"))
+            for i, twin in enumerate(twins[cfg.threshold]):
                 self.stat_update("total")
-                if twin is None:
-                    doc.metadata["semantic_cluster"] = label
-                    self.stat_update(f"kept_{kind}")
-                    yield doc
-                    continue
-                doc.metadata.update(
-                    duplicate_of=docs[twin.index].id,
-                    similarity=round(twin.similarity, 4),
-                    filter_reason="semantic_duplicate",
+                kind = "synthetic" if synthetic[i] else "original"
+                if twin is not None:
+                    self.stat_update(f"duplicate_{kind}")
+                rows.append(
+                    {
+                        "shard": shards[i],
+                        "key": keys[i],
+                        "cluster": int(labels[i]),
+                        "duplicate_of": row_ids[twin.index] if twin else None,
+                        "similarity": round(twin.similarity, 4) if twin else None,
+                        "kind": kind,
+                    }
                 )
-                self.stat_update("dropped_semantic_duplicate", f"duplicate_{kind}")
-                if writer:
-                    writer.write(doc, rank)
+        rows.sort(key=lambda r: r["shard"])
+        _write(self.folder / "result" / f"{rank:05d}.parquet", pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
+        yield from ()
+
+
+class SemanticDuplicates(DropListed):
+    """Applies the compare stage's result: a duplicate is dropped as `semantic_duplicate` naming its twin and the
+    similarity; every other row gets `metadata["semantic_cluster"]`, which `rephrase.rebalance` can weight by."""
+
+    name = "semantic_dedup"
+    reason = "semantic_duplicate"
+    made_by = "the semantic stages (embed, fit, assign, compare)"
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        shard = doc.metadata["shard"]
+        if shard != self._shard:
+            self._shard, self._listed = shard, self._load(shard)
+        row = self._listed.get(doc.metadata["key"])
+        if row is None:
+            raise ValueError(f"row {doc.metadata['key']} was never embedded: rerun the run (semantic stages)")
+        if row["duplicate_of"] is None:
+            doc.metadata["semantic_cluster"] = row["cluster"]
+            return True
+        doc.metadata.update(duplicate_of=row["duplicate_of"], similarity=row["similarity"])
+        self.stat_update(f"duplicate_{doc.metadata.get('kind', 'original')}")
+        return False, self.reason
+
+
+@dataclass(frozen=True)
+class SemanticStage:
+    name: str
+    steps: list[PipelineStep]
+    tasks: int
+
+
+def semantic_stages(
+    config: SemanticDedupConfig, rows: list[PipelineStep], folder: str, tasks: int, seed: int
+) -> list[SemanticStage]:
+    """The four stages that turn the rows the `rows` steps yield into `<folder>/result/`, in run order."""
+    return [
+        SemanticStage("embed", [*rows, EmbedRows(config, folder)], tasks),
+        SemanticStage("fit", [FitCentroids(config, folder, seed)], 1),
+        SemanticStage("assign", [AssignClusters(folder)], tasks),
+        SemanticStage("compare", [CompareClusters(config, folder)], tasks),
+    ]

@@ -10,7 +10,7 @@ import yaml
 
 if TYPE_CHECKING:
     from rephrase.config import Config
-    from rephrase.pipeline import Layout
+    from rephrase.layout import Layout
 
 
 def _size_category(n: int) -> str:
@@ -33,7 +33,10 @@ def _finalize_section(stats: dict) -> str:
              _table("input file (top 50)", files)]  # fmt: skip
     if sem := steps.get("semantic_dedup"):
         removed = sum(v for k, v in sem.items() if k.startswith("duplicate_"))
-        curve = ", ".join(f"{k.removeprefix('would_drop_at_')}: {v}" for k, v in sem.items() if k.startswith("would_"))
+        compare = steps.get("semantic_compare", {})
+        curve = ", ".join(
+            f"{k.removeprefix('would_drop_at_')}: {v}" for k, v in compare.items() if k.startswith("would_")
+        )
         parts.append(f"\nSemantic dedup removed {removed} of {sem.get('total', 0)} rows (rows removed per threshold: "
                      f"{curve}).\n")  # fmt: skip
     if reb := steps.get("rebalance"):
@@ -43,7 +46,12 @@ def _finalize_section(stats: dict) -> str:
         parts.append(header + "\n".join(rows) + "\n")
     if cur := steps.get("curriculum"):
         stages = sorted((int(k.split("_")[1]), v) for k, v in cur.items() if k.startswith("stage_"))
-        header = "\n## Curriculum\nRows are stored in curriculum order (`curriculum_stage` column).\n"
+        header = (
+            "\n## Curriculum\nEach stage is in shards of its own, `data/stage-0000/`, `data/stage-0001/`, ... (column "
+            "`curriculum_stage`): train in curriculum order by reading the files in name order, without shuffling "
+            "across them (for example `load_dataset(..., streaming=True)` and no `.shuffle()`, or one stage folder "
+            "at a time). Within a stage, rows keep their input order; shuffle within a stage if you like.\n"
+        )
         parts.append(header + "| stage | tokens |\n|---|---|\n" + "\n".join(f"| {i} | {v} |" for i, v in stages))
     return "\n".join(parts)
 
@@ -70,7 +78,10 @@ def write_card(cfg: Config, layout: Layout, stats: dict) -> None:
         "configs": [
             {
                 "config_name": "default",
-                "data_files": [{"split": s, "path": f"data/*{s}-*.parquet"} for s in stats["dataset"]["splits"]],
+                "data_files": [
+                    {"split": s, "path": f"data/{'stage-*/' if cfg.curriculum else ''}*{s}-*.parquet"}
+                    for s in stats["dataset"]["splits"]
+                ],
             }
         ],
     }

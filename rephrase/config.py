@@ -29,6 +29,12 @@ class RunConfig(Strict):
     output: str = Field("out/run", description="Output folder: dataset/, ledger/, stats.json, work/, logs/.")
     tasks: int = Field(1, ge=1, description="datatrove tasks for the filtering + rewriting stage (input sharding).")
     workers: int = Field(1, ge=1, description="Tasks run at once (local and Ray executors).")
+    finalize_tasks: int | None = Field(
+        None,
+        ge=1,
+        description="Tasks of every stage after curate (rows, dedup, count, finalize, ledger), each on its share of "
+        "curate's output files; null: run.tasks. More tasks than curate tasks leaves some idle.",
+    )
     seed: int = Field(0, description="Seeds sampling, mixing and anything random.")
     executor: Literal["local", "ray", "slurm"] = Field(
         "local",

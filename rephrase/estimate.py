@@ -108,8 +108,7 @@ def _tally(docs: Iterator[Document], seen: Counter, stage: str) -> Iterator[Docu
 
 def sample_records(cfg: Config, sources: list[SourceConfig], n: int, work: Path) -> Iterator[Document]:
     """The first n records of each source, read by the pipeline's own (accounting) readers, tagged by source."""
-    from rephrase.inputs import build_readers
-    from rephrase.pipeline import resolve_input_path
+    from rephrase.inputs import build_readers, resolve_input_path
 
     for i, source in enumerate(sources):
         limit = n if source.limit < 0 else min(n, source.limit)
@@ -176,9 +175,8 @@ class _LLMWork:
 def estimate(cfg: Config, sample: int, tokens_per_s: float | None = None, from_run: Path | None = None) -> Estimate:
     """Count every input record, run the sample through the config's CPU steps, and count the LLM work of the
     documents routed to rephrasing; `from_run` is a finished run's output folder whose token ratio to use."""
-    from rephrase.inputs import detect_format, expand_source
+    from rephrase.inputs import detect_format, expand_source, resolve_input_path
     from rephrase.models import BUNDLED_REF
-    from rephrase.pipeline import resolve_input_path
 
     if sample < 1:
         raise ValueError(f"--sample {sample}: need at least 1 record per source")

@@ -72,7 +72,7 @@ class PushResult:
 def dataset_files(out: Path) -> dict[str, Path]:
     """Repo path -> local file for everything under `OUT/dataset/` except hidden paths (`.cache/`, `.git/`...)."""
     root = out / "dataset"
-    if not (root / "README.md").is_file() or not any((root / "data").glob("*.parquet")):
+    if not (root / "README.md").is_file() or not any((root / "data").rglob("*.parquet")):
         raise PushError(f"{root} has no README.md or no data/*.parquet to push; run `rephrase run` first")
     files = {}
     for path in sorted(root.rglob("*")):

@@ -23,7 +23,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 from datatrove.pipeline.readers.warc import process_record
 
-from rephrase.config import SourceConfig
+from rephrase.config import Config, SourceConfig
 
 _MISSING = object()
 FORMAT_SUFFIXES = {
@@ -174,6 +174,15 @@ def expand_source(path: str) -> list[str]:
     else:
         files = [path] if os.path.exists(path) else []
     return sorted(f for f in files if os.path.isfile(f) and detect_format(f))
+
+
+def resolve_input_path(cfg: Config, path: str) -> str:
+    """A source path as the readers take it: `bundled:sample/<file>` is built (once) from registry packages."""
+    if path.startswith("bundled:sample/"):
+        from rephrase.sample_data import ensure_sample
+
+        return str(ensure_sample() / path.removeprefix("bundled:sample/"))
+    return cfg.resolve(path)
 
 
 def build_readers(source: SourceConfig, path: str, limit: int, paths_dir: Path) -> list[PipelineStep]:

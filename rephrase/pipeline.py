@@ -1,87 +1,51 @@
 """Config -> the run's datatrove stages, in order. Assembly only: every behaviour lives in a step, and
-rephrase.executors decides what runs the stages (local processes, Ray, Slurm).
+rephrase.executors decides what runs the stages (local processes, Ray, Slurm job arrays).
 
   curate   (N tasks): read -> extract HTML -> input checks -> language id -> heuristics -> exact dedup
-                      -> quality score -> route -> rephrase -> work/docs
+                      -> quality score -> route -> rephrase -> work/docs (one file per task: the run's shards)
            On Slurm, curate stops at route (work/filtered, CPU partition) and `rephrase` (its own task count, GPU
            partition) reads work/filtered: a GPU is never held while pages are read and filtered.
-  rows     (1 task):   work/docs -> rows (original + synthetic) -> exact dedup -> work/rows
-  minhash  (datatrove's signature / bucket / cluster stages over work/rows, if enabled)
-  finalize (1 task):   work/rows -> near-dedup -> [semantic dedup] -> token mix -> [rebalance] -> [curriculum]
-                       -> dataset
-  finish   (Slurm only, 1 task): ledger, stats.json, card, push; local and Ray runs do this in-process.
+Every stage after curate runs as M tasks (run.finalize_tasks, default run.tasks), each on its share of the shards,
+with memory bounded by that share (global decisions are planned from merged counts, then streamed):
+  rows     (M):  work/docs -> rows (original + synthetic) -> [exact-dedup hashes by partition] -> work/rows
+  exact    (M):  one task per hash partition lists exact duplicates                       (if dedup.exact)
+  minhash  (M / bands / 1): datatrove's signature, bucket and cluster stages           (if dedup.minhash)
+  semantic (M / 1 / M / M): embed, fit k-means on a sample, assign, compare per cluster group  (if dedup.semantic)
+  count    (M):  rows' metadata -> drop listed duplicates -> token histograms per pool (rephrase.plan)
+  finalize (M):  work/rows -> drop duplicates -> token mix -> [rebalance] -> [curriculum] -> dataset shards
+  ledger   (M):  curate's drops + work/docs + finalize's outcomes -> ledger/<task>.parquet
+  finish   (Slurm only, 1 task): ledger check, stats.json, card, push; local and Ray runs do this in-process.
 Every filter's exclusion writer is a LedgerWriter, so whatever a step removes is written with its reason.
 """
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
-
-from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.readers import ParquetReader
 
 from filters.classifiers import QualityScorer
-from filters.dedup import ExactDedup
+from filters.dedup import ExactDedup, ExactDuplicates, ExactFind, ExactHashes
 from filters.heuristics import build_heuristic
 from filters.html import ExtractHtml
 from filters.language import LanguageId
-from filters.minhash import NearDedupFilter, minhash_stages
+from filters.minhash import NearDuplicates, minhash_stages
 from filters.perplexity import PerplexityFilter
 from filters.records import RecordCheck
-from filters.semantic import SemanticDedup
+from filters.semantic import SemanticDuplicates, semantic_stages
 from rephrase.config import Config
 from rephrase.executors import Stage
-from rephrase.inputs import ReadSources, build_readers
-from rephrase.ledger import LedgerWriter
+from rephrase.finish import FinishRun
+from rephrase.inputs import ReadSources, build_readers, resolve_input_path
+from rephrase.layout import COUNT, CURATE, EXACT, FINALIZE, FINISH, LEDGER, REPHRASE, ROWS, Layout
+from rephrase.ledger import FoldLedger, LedgerWriter
 from rephrase.llm.prompts import select_prompts
 from rephrase.llm.stage import RephraseStep
 from rephrase.mix import Mix
+from rephrase.plan import CountPools, PlanSource
 from rephrase.prefetch import Prefetch
 from rephrase.rebalance import Curriculum, Rebalance
 from rephrase.routing import Router
-from rephrase.rows import DatasetWriter, ExplodeRows, HubDatasetWriter, Tap, WorkWriter, work_adapter
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a run writes. dataset/, ledger/ and stats.json are the output contract; work/ and logs/ are not."""
-
-    out: Path
-
-    @property
-    def work(self) -> Path:
-        return self.out / "work"
-
-    @property
-    def logs(self) -> Path:
-        return self.out / "logs"
-
-    @property
-    def dataset(self) -> Path:
-        return self.out / "dataset"
-
-    @property
-    def calibration_file(self) -> Path:
-        return self.work / "quality_calibration.json"
-
-    @property
-    def ledger_file(self) -> Path:
-        return self.out / "ledger" / "ledger.parquet"
-
-    @property
-    def stats_file(self) -> Path:
-        return self.out / "stats.json"
-
-
-def resolve_input_path(cfg: Config, path: str) -> str:
-    if path.startswith("bundled:sample/"):
-        from rephrase.sample_data import ensure_sample
-
-        return str(ensure_sample() / path.removeprefix("bundled:sample/"))
-    return cfg.resolve(path)
+from rephrase.rows import DatasetTap, DatasetWriter, ExplodeRows, HubDatasetWriter, RowsMeta, WorkReader, WorkWriter
+from rephrase.stats import plan_source
 
 
 def filter_steps(cfg: Config, ledger: str | None, calibration: str | None = None) -> list[tuple[str, PipelineStep]]:
@@ -114,11 +78,9 @@ def read_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     """Reading and every filter up to routing: the CPU half of curate."""
     readers = []
     for source in cfg.input.sources:
-        readers += build_readers(source, resolve_input_path(cfg, source.path), source.limit, layout.work / "inputs")
+        readers += build_readers(source, resolve_input_path(cfg, source.path), source.limit, layout.inputs)
     calibration = str(layout.calibration_file) if cfg.quality.scale == "percentile" else None
-    return [ReadSources(readers)] + [
-        step for _, step in filter_steps(cfg, str(layout.work / "ledger" / "curate"), calibration)
-    ]
+    return [ReadSources(readers)] + [step for _, step in filter_steps(cfg, str(layout.curate_ledger), calibration)]
 
 
 def rephrase_step(cfg: Config, layout: Layout) -> RephraseStep:
@@ -132,7 +94,7 @@ def rephrase_step(cfg: Config, layout: Layout) -> RephraseStep:
         chunk_tokens=cfg.rephrase.chunk_tokens,
         max_doc_tokens=cfg.rephrase.max_doc_tokens,
         seed=cfg.run.seed,
-        checkpoint_dir=str(layout.work / "llm_checkpoints"),
+        checkpoint_dir=str(layout.llm_checkpoints),
         server_log=str(layout.logs / "vllm-server.log"),
     )
 
@@ -143,20 +105,20 @@ def split_llm_stage(cfg: Config) -> bool:
 
 def llm_stage_name(cfg: Config) -> str:
     """The stage whose tasks write work/docs and hold the LLM checkpoints."""
-    return "rephrase" if split_llm_stage(cfg) else "curate"
+    return REPHRASE if split_llm_stage(cfg) else CURATE
 
 
 def curate_stages(cfg: Config, layout: Layout) -> list[Stage]:
     if split_llm_stage(cfg):
-        filtered = str(layout.work / "filtered")
+        filtered = str(layout.filtered)
         return [
-            Stage("curate", [*read_steps(cfg, layout), WorkWriter(filtered)], cfg.run.tasks),
+            Stage(CURATE, [*read_steps(cfg, layout), WorkWriter(filtered)], cfg.run.tasks),
             Stage(
-                "rephrase",
+                REPHRASE,
                 [
-                    ParquetReader(filtered, adapter=work_adapter, glob_pattern="*.parquet"),
+                    WorkReader(filtered),
                     rephrase_step(cfg, layout),
-                    WorkWriter(str(layout.work / "docs")),
+                    WorkWriter(str(layout.docs)),
                 ],
                 cfg.run.slurm.llm_tasks or cfg.run.tasks,
                 gpu=True,
@@ -165,44 +127,65 @@ def curate_stages(cfg: Config, layout: Layout) -> list[Stage]:
     steps = read_steps(cfg, layout)
     if any(rule.prompts for rule in cfg.routing.rules):  # without an LLM stage there is nothing to overlap with
         steps.append(Prefetch(cfg.rephrase.prefetch_docs))
-    steps += [rephrase_step(cfg, layout), WorkWriter(str(layout.work / "docs"))]
-    return [Stage("curate", steps, cfg.run.tasks, gpu=True)]
+    steps += [rephrase_step(cfg, layout), WorkWriter(str(layout.docs))]
+    return [Stage(CURATE, steps, cfg.run.tasks, gpu=True)]
 
 
-def rows_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
-    ledger = str(layout.work / "ledger" / "finalize")
-    steps: list[PipelineStep] = [
-        ParquetReader(str(layout.work / "docs"), adapter=work_adapter, glob_pattern="*.parquet"),
-        ExplodeRows(),
-    ]
-    if cfg.dedup.exact:
-        steps.append(ExactDedup(exclusion_writer=LedgerWriter(ledger, "dedup")))
-    steps.append(WorkWriter(str(layout.work / "rows")))
+def post_tasks(cfg: Config) -> int:
+    return cfg.run.finalize_tasks or cfg.run.tasks
+
+
+def rows_reader(layout: Layout) -> WorkReader:
+    return WorkReader(str(layout.rows))
+
+
+def dedup_filters(cfg: Config, layout: Layout, upto: str, ledger: bool = False) -> list[PipelineStep]:
+    """Fresh filters dropping what the dedup stages before `upto` listed (exact, then near, then semantic), writing
+    each drop to the finalize ledger when `ledger` is set (only the finalize stage does: the others only look)."""
+
+    def writer(stage: str) -> LedgerWriter | None:
+        return LedgerWriter(str(layout.final_ledger), stage, by_shard=True) if ledger else None
+
+    steps: list[PipelineStep] = []
+    if cfg.dedup.exact and upto != "exact":
+        steps.append(ExactDuplicates(str(layout.exact / "dups"), writer("dedup")))
+    if cfg.dedup.minhash.enabled and upto not in ("exact", "minhash"):
+        steps.append(NearDuplicates(str(layout.minhash / "twins"), writer("near_dedup")))
+    if cfg.dedup.semantic is not None and upto not in ("exact", "minhash", "semantic"):
+        steps.append(SemanticDuplicates(str(layout.semantic / "result"), writer("semantic_dedup")))
     return steps
 
 
-def final_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
-    ledger = str(layout.work / "ledger" / "finalize")
+def rows_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     steps: list[PipelineStep] = [
-        ParquetReader(str(layout.work / "rows"), adapter=work_adapter, glob_pattern="*.parquet")
+        WorkReader(str(layout.docs)),
+        ExplodeRows(),
     ]
-    if cfg.dedup.minhash.enabled:
-        steps.append(NearDedupFilter(str(layout.work / "minhash"), LedgerWriter(ledger, "near_dedup")))
-    if cfg.dedup.semantic is not None:
-        steps.append(SemanticDedup(cfg.dedup.semantic, cfg.run.seed, LedgerWriter(ledger, "semantic_dedup")))
-    steps.append(Mix(cfg.mix.synthetic_share, cfg.mix.max_upsample, cfg.run.seed, LedgerWriter(ledger, "mix")))
-    steps += [Rebalance(r, cfg.run.seed, LedgerWriter(ledger, f"rebalance_{r.by}")) for r in cfg.rebalance]
+    if cfg.dedup.exact:
+        steps.append(ExactHashes(str(layout.exact / "hashes"), post_tasks(cfg)))
+    steps.append(WorkWriter(str(layout.rows), by_shard=True))
+    return steps
+
+
+def final_steps(cfg: Config, layout: Layout, source: PlanSource) -> list[PipelineStep]:
+    def writer(stage: str) -> LedgerWriter:
+        return LedgerWriter(str(layout.final_ledger), stage, by_shard=True)
+
+    steps: list[PipelineStep] = [rows_reader(layout), *dedup_filters(cfg, layout, FINALIZE, ledger=True)]
+    steps.append(Mix(source, writer("mix")))
+    steps += [Rebalance(source, i, writer(f"rebalance_{r.by}")) for i, r in enumerate(cfg.rebalance)]
     if cfg.curriculum is not None:
-        steps.append(Curriculum(cfg.curriculum, cfg.run.seed))
+        steps.append(Curriculum(source))
+    out = cfg.output
     steps += [
-        Tap(LedgerWriter(ledger, "dataset")),
+        DatasetTap(writer("dataset"), str(layout.tallies / "dataset"), out.validation_share, cfg.run.seed),
         dataset_writer(cfg, layout),
     ]
     return steps
 
 
 def dataset_writer(cfg: Config, layout: Layout) -> DatasetWriter | HubDatasetWriter:
-    out, push = cfg.output, cfg.output.push
+    out, push, curriculum = cfg.output, cfg.output.push, cfg.curriculum is not None
     if push is not None and push.stream:
         return HubDatasetWriter(
             str(layout.dataset),
@@ -212,51 +195,37 @@ def dataset_writer(cfg: Config, layout: Layout) -> DatasetWriter | HubDatasetWri
             out.shard_max_bytes,
             out.validation_share,
             cfg.run.seed,
+            curriculum,
         )
-    return DatasetWriter(str(layout.dataset / "data"), out.shard_max_bytes, out.validation_share, cfg.run.seed)
+    return DatasetWriter(str(layout.dataset_data), out.shard_max_bytes, out.validation_share, cfg.run.seed, curriculum)
 
 
-def build_stages(cfg: Config, layout: Layout) -> list[Stage]:
-    """Every stage of a run in order. The stages after curate are global (dedup and mix need every row), so they
-    run as single tasks except MinHash's bucket stage, one task per band."""
-    stages = [*curate_stages(cfg, layout), Stage("rows", rows_steps(cfg, layout))]
+def post_curate_stages(cfg: Config, layout: Layout) -> list[Stage]:
+    """Every stage after curate, each as post_tasks(cfg) tasks except MinHash's buckets (one task per band) and
+    the single-task MinHash clustering and semantic k-means fit."""
+    tasks = post_tasks(cfg)
+    stages = [Stage(ROWS, rows_steps(cfg, layout), tasks)]
+    if cfg.dedup.exact:
+        stages.append(Stage(EXACT, [ExactFind(str(layout.exact))], tasks))
     if cfg.dedup.minhash.enabled:
-        reader = ParquetReader(str(layout.work / "rows"), adapter=work_adapter, glob_pattern="*.parquet")
-        for m in minhash_stages(cfg.dedup.minhash, reader, str(layout.work / "minhash"), tasks=1):
+        rows = [rows_reader(layout), *dedup_filters(cfg, layout, "minhash")]
+        for m in minhash_stages(cfg.dedup.minhash, rows, str(layout.minhash), tasks):
             stages.append(Stage(f"minhash/{m.name}", m.steps, m.tasks))
-    stages.append(Stage("finalize", final_steps(cfg, layout)))
+    if cfg.dedup.semantic is not None:
+        rows = [rows_reader(layout), *dedup_filters(cfg, layout, "semantic")]
+        for m in semantic_stages(cfg.dedup.semantic, rows, str(layout.semantic), tasks, cfg.run.seed):
+            stages.append(Stage(f"semantic/{m.name}", m.steps, m.tasks))
+    source = plan_source(cfg, layout)
+    stages += [
+        Stage(COUNT, [RowsMeta(str(layout.rows)), *dedup_filters(cfg, layout, COUNT), CountPools(source)], tasks),
+        Stage(FINALIZE, final_steps(cfg, layout, source), tasks),
+        Stage(LEDGER, [FoldLedger(str(layout.work), str(layout.ledger), str(layout.tallies / "ledger"))], tasks),
+    ]
     if cfg.run.executor == "slurm":
-        stages.append(Stage("finish", [FinishRun(cfg)]))
+        stages.append(Stage(FINISH, [FinishRun(cfg, layout)]))
     return stages
 
 
-class FinishRun(PipelineStep):
-    """The end of a run as a job of its own (Slurm): ledger, stats.json, card and push, after finalize."""
-
-    name, type = "finish", "📋 - FINISH"
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__()
-        self.cfg = cfg
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from rephrase.run import finish_run
-
-        finish_run(self.cfg, Layout(Path(self.cfg.resolve(self.cfg.run.output))), {})
-        yield from ()
-
-
-def reset_finalize(layout: Layout) -> None:
-    """The stages after curate are cheap and global: they always rerun on the complete curate output."""
-    work, logs = layout.work, layout.logs
-    for path in (
-        logs / "rows",
-        logs / "minhash",
-        logs / "finalize",
-        logs / "finish",
-        work / "rows",
-        work / "minhash",
-        work / "ledger" / "finalize",
-        layout.dataset / "data",
-    ):
-        shutil.rmtree(path, ignore_errors=True)
+def build_stages(cfg: Config, layout: Layout) -> list[Stage]:
+    """Every stage of a run in order."""
+    return [*curate_stages(cfg, layout), *post_curate_stages(cfg, layout)]

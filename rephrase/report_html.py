@@ -1,7 +1,9 @@
 """`rephrase report OUT`: one self-contained HTML page (`OUT/report.html`) showing what a finished run did.
 
 It reads only what a run leaves behind (stats.json, the ledger, work/docs and datatrove's task logs), so a report
-can be made for any finished run, later and elsewhere. Charts are inline SVG whose geometry is computed here
+can be made for any finished run, later and elsewhere. It streams them: counts are over every record, while the
+charts and the shown pairs use an evenly spaced sample of at most SAMPLE records and documents, so a report over
+millions of records costs the memory of a few thousand. Charts are inline SVG whose geometry is computed here
 (pixels in Python) and emitted by the Jinja template with autoescape on: no script and no CDN, so the page opens
 offline and prints or screenshots the same everywhere.
 """
@@ -9,9 +11,11 @@ offline and prints or screenshots the same everywhere.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
@@ -22,6 +26,7 @@ import pyarrow.parquet as pq
 from rephrase.report_charts import COLORS, histogram, scatter, timeline
 
 PAIRS = 20
+SAMPLE = 20_000
 # Where a stage sits in the funnel; heuristics (named by their config `use`) take the "*" slot.
 STAGE_ORDER = ("input", "language", "*", "dedup", "route", "rephrase", "final dedup", "near_dedup", "mix")
 _SYMBOLS = re.compile(r"[^\w\s:./()-]")  # datatrove's emoji step icons: fonts without them draw boxes
@@ -59,18 +64,45 @@ def _tasks(out: Path) -> list[dict]:
     return sorted(spans, key=lambda t: (t["start"], t["label"]))
 
 
-def _funnel(ledger: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Records left after each stage that dropped any, and drops per (stage, reason), in pipeline order."""
+def _rows(folder: Path, columns: list[str]) -> Iterator[dict]:
+    for f in sorted(folder.glob("*.parquet")):
+        with pq.ParquetFile(f) as pf:
+            for batch in pf.iter_batches(columns=columns, batch_size=10_000):
+                yield from batch.to_pylist()
+
+
+def _every(total: int) -> int:
+    """Stride that keeps at most SAMPLE of `total` items."""
+    return max(1, math.ceil(total / SAMPLE))
+
+
+def _read_ledger(folder: Path) -> tuple[int, Counter, dict[str, list[float]]]:
+    """Records, drops per (stage, reason) and sampled quality scores per routing action, in one streamed pass."""
 
     def stage_of(row: dict) -> str:  # the ledger names both dedups `dedup`; only the final one's rows have an action
         return "final dedup" if row["stage"] == "dedup" and row["action"] else row["stage"]
 
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
+    stride, records, drops, scored = _every(total), 0, Counter(), defaultdict(list)
+    for row in _rows(folder, ["fate", "stage", "reason", "action", "quality_score"]):
+        if row["fate"] == "dropped":
+            drops[(stage_of(row), row["reason"])] += 1
+        if row["quality_score"] is not None and records % stride == 0:
+            scored[row["action"] or "none"].append(row["quality_score"])
+        records += 1
+    return records, drops, scored
+
+
+def _funnel(records: int, drops: Counter) -> tuple[list[dict], list[dict]]:
+    """Records left after each stage that dropped any, and drops per (stage, reason), in pipeline order."""
+
     def order(stage: str) -> int:
         return STAGE_ORDER.index(stage if stage in STAGE_ORDER else "*")
 
-    dropped = [r for r in ledger if r["fate"] == "dropped"]
-    drops, by_stage = Counter((stage_of(r), r["reason"]) for r in dropped), Counter(stage_of(r) for r in dropped)
-    funnel, left = [{"stage": "records read", "dropped": 0, "left": len(ledger)}], len(ledger)
+    by_stage: Counter = Counter()
+    for (stage, _), n in drops.items():
+        by_stage[stage] += n
+    funnel, left = [{"stage": "records read", "dropped": 0, "left": records}], records
     for stage in sorted(by_stage, key=order):
         left -= by_stage[stage]
         funnel.append({"stage": f"after {stage}", "dropped": by_stage[stage], "left": left})
@@ -100,13 +132,9 @@ def _summary(values: list[float]) -> dict:
     }
 
 
-def _quality(ledger: list[dict], docs: list[dict]) -> dict:
+def _quality(scored: dict[str, list[float]], docs: list[dict]) -> dict:
     """Scores by routing action; one histogram per classifier when several scored (from documents that reached the
     LLM stage: the ledger keeps only the mean score of dropped ones)."""
-    scored = defaultdict(list)
-    for r in ledger:
-        if r["quality_score"] is not None:
-            scored[r["action"] or "none"].append(r["quality_score"])
     names = sorted(
         {k for d in docs for k in d["meta"] if k.startswith("quality_") and not k.endswith("_pct")}
         - {"quality_score", "quality_bucket"}
@@ -123,21 +151,35 @@ def _quality(ledger: list[dict], docs: list[dict]) -> dict:
     }
 
 
-def _generation(docs: list[dict], llm: dict) -> dict:
+def _read_docs(folder: Path) -> tuple[list[dict], dict, int]:
+    """A streamed pass over work/docs: an evenly spaced sample of at most SAMPLE documents (with their text, for
+    the charts and pairs), the per-prompt outcome counts of all of them, and how many rewrites there are."""
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
+    stride, sample, n_pairs = _every(total), [], 0
+    prompts = defaultdict(lambda: {"accepted": 0, "failed": 0, "attempts": 0, "reasons": Counter()})
+    for i, row in enumerate(_rows(folder, ["id", "text", "meta"])):
+        meta = json.loads(row["meta"])
+        for rw in meta.get("rewrites", []):
+            n_pairs += 1
+            prompts[rw["prompt"]]["accepted"] += 1
+            prompts[rw["prompt"]]["attempts"] += rw.get("attempts", 1)
+        for fail in meta.get("rephrase_failures", []):
+            prompts[fail["prompt"]]["failed"] += 1
+            prompts[fail["prompt"]]["reasons"].update(fail["reason"].split(","))
+        if i % stride == 0:
+            sample.append({**row, "meta": meta})
+    return sample, prompts, n_pairs
+
+
+def _generation(docs: list[dict], prompts: dict, n_pairs: int, llm: dict) -> dict:
     """Per-prompt outcomes, validator checks and rejections, length charts and the shown original/rewrite pairs."""
     pairs, scores = [], defaultdict(list)
-    prompts = defaultdict(lambda: {"accepted": 0, "failed": 0, "attempts": [], "reasons": Counter()})
     for d in docs:
         for rw in d["meta"].get("rewrites", []):
             pair = {"id": d["id"], "original": d["text"], "tokens_in": d["meta"].get("n_tokens"), "rw": rw}
             pairs.append(pair | {"scores": _scores(rw.get("validators"))})
-            prompts[rw["prompt"]]["accepted"] += 1
-            prompts[rw["prompt"]]["attempts"].append(rw.get("attempts", 1))
             for name, score in pairs[-1]["scores"].items():
                 scores[name].append(score)
-        for fail in d["meta"].get("rephrase_failures", []):
-            prompts[fail["prompt"]]["failed"] += 1
-            prompts[fail["prompt"]]["reasons"].update(fail["reason"].split(","))
     originals = [d["meta"]["n_tokens"] for d in docs if d["meta"].get("action") == "rephrase"]
     rewrites = [p["rw"]["output_tokens"] for p in pairs]
     lengths = {"originals routed to rephrase": originals, "accepted rewrites": rewrites}
@@ -147,9 +189,9 @@ def _generation(docs: list[dict], llm: dict) -> dict:
     step = max(1.0, len(pairs) / PAIRS)
     return {
         "pairs": [pairs[int(i * step)] for i in range(min(PAIRS, len(pairs)))],
-        "n_pairs": len(pairs),
+        "n_pairs": n_pairs,
         "prompts": [
-            {"name": k, **v, "attempts": statistics.fmean(v["attempts"]) if v["attempts"] else None}
+            {"name": k, **v, "attempts": v["attempts"] / v["accepted"] if v["accepted"] else None}
             for k, v in sorted(prompts.items())
         ],
         "validators": [
@@ -175,11 +217,9 @@ def _generation(docs: list[dict], llm: dict) -> dict:
 def collect(out: Path) -> dict:
     """Everything the template shows, as plain data."""
     stats = json.loads((out / "stats.json").read_text())
-    ledger = pq.read_table(out / "ledger" / "ledger.parquet").to_pylist()
-    docs = []
-    for f in sorted((out / "work" / "docs").glob("*.parquet")):
-        docs += [{**r, "meta": json.loads(r["meta"])} for r in pq.read_table(f).to_pylist()]
-    funnel, drops = _funnel(ledger)
+    records, drop_counts, scored = _read_ledger(out / "ledger")
+    docs, prompts, n_pairs = _read_docs(out / "work" / "docs")
+    funnel, drops = _funnel(records, drop_counts)
     llm = stats["llm"]
     rephrase = next((v for k, v in stats["stages"]["curate"].items() if k.endswith("rephrase")), {})
     return {
@@ -188,10 +228,10 @@ def collect(out: Path) -> dict:
         "colors": COLORS,
         "out": str(out),
         "generated": datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "records": len(ledger),
+        "records": records,
         "funnel": funnel,
         "drops": drops,
-        **_quality(ledger, docs),
+        **_quality(scored, docs),
         "gen_s": rephrase.get("generate_seconds", 0),
         "tasks": timeline(_tasks(out)),
         "steps": [
@@ -199,7 +239,7 @@ def collect(out: Path) -> dict:
             for group, steps in stats["stages"].items()
             for name, counters in steps.items()
         ],
-        **_generation(docs, llm),
+        **_generation(docs, prompts, n_pairs, llm),
         "by_bucket": sorted(llm.get("by_bucket", {}).items(), key=lambda kv: (len(kv[0]), kv[0])),
     }
 

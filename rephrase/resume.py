@@ -16,8 +16,9 @@ import json
 import shutil
 
 from rephrase.config import Config
-from rephrase.inputs import expand_source
-from rephrase.pipeline import Layout, resolve_input_path, split_llm_stage
+from rephrase.inputs import expand_source, resolve_input_path
+from rephrase.layout import CURATE, REPHRASE, Layout
+from rephrase.pipeline import split_llm_stage
 
 # How a run talks to its engine or cluster: changing these never changes what curate produces.
 _LLM_TRANSPORT = {"server_url", "request_timeout_s", "max_concurrency", "max_retries"}
@@ -51,7 +52,7 @@ def restart_curate_if_changed(cfg: Config, layout: Layout, prompt_hashes: dict[s
     """Compare with the fingerprint the folder was last run with; on a change, clear curate and say why.
 
     Returns the changed parts ([] when resuming, or on a first run)."""
-    path = layout.work / "curate_fingerprint.json"
+    path = layout.fingerprint_file
     parts = curate_parts(cfg, prompt_hashes)
     before = json.loads(path.read_text()) if path.is_file() else None
     changed = (
@@ -62,9 +63,9 @@ def restart_curate_if_changed(cfg: Config, layout: Layout, prompt_hashes: dict[s
             f"rephrase: {', '.join(changed)} changed since {layout.out} was last run: curate runs again; "
             "generations that still apply are replayed from the LLM checkpoint"
         )
-        for folder in ("docs", "filtered", "ledger/curate"):
-            shutil.rmtree(layout.work / folder, ignore_errors=True)
-        for stage in ("curate", "rephrase"):
+        for folder in (layout.docs, layout.filtered, layout.curate_ledger):
+            shutil.rmtree(folder, ignore_errors=True)
+        for stage in (CURATE, REPHRASE):
             shutil.rmtree(layout.logs / stage, ignore_errors=True)
     layout.work.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -56,7 +56,7 @@ def config(llm: FakeLLM, inputs: Path, out: Path, **sets: object):
 def outputs(out: Path) -> tuple[list[dict], list[dict]]:
     key = lambda r: json.dumps(r, sort_keys=True, default=str)  # noqa: E731
     rows = pq.read_table(out / "dataset" / "data").to_pylist()
-    return sorted(rows, key=key), sorted(pq.read_table(out / "ledger" / "ledger.parquet").to_pylist(), key=key)
+    return sorted(rows, key=key), sorted(pq.read_table(out / "ledger").to_pylist(), key=key)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +112,8 @@ def test_slurm_scripts_put_each_stage_on_its_partition_in_order(
     scripts = [p.read_text() for p in sorted((tmp_path / "jobs").iterdir(), key=lambda p: int(p.stem))]
     stages = [s for s in scripts if "launch_pickled_pipeline" in s]  # the others merge each stage's stats
     names = [re.search(r"--job-name=rephrase-demo-(\S+)", s).group(1) for s in stages]
-    assert names == ["curate", "rephrase", "rows", "minhash-signatures", "minhash-buckets", "minhash-cluster",
-                     "finalize", "finish"]  # fmt: skip
+    assert names == ["curate", "rephrase", "rows", "exact", "minhash-signatures", "minhash-buckets",
+                     "minhash-cluster", "count", "finalize", "ledger", "finish"]  # fmt: skip
     by_name = dict(zip(names, stages, strict=True))
     for name, script in by_name.items():
         gpu = name == "rephrase"
@@ -123,6 +123,8 @@ def test_slurm_scripts_put_each_stage_on_its_partition_in_order(
         assert f"launch_pickled_pipeline {tmp_path / 'out' / 'logs' / name.replace('minhash-', 'minhash/')}" in script
     assert "--array=0-2" in by_name["curate"] and "--array=0-1" in by_name["rephrase"]
     assert "--array=0-13" in by_name["minhash-buckets"] and "--array=0-0" in by_name["finish"]
+    for later in ("rows", "exact", "minhash-signatures", "count", "finalize", "ledger"):  # job arrays like curate's
+        assert "--array=0-2" in by_name[later], later
     # each stage waits for the one before: afterok on the previous stage's job id
     job_of = {}
     for path in sorted((tmp_path / "jobs").iterdir(), key=lambda p: int(p.stem)):

@@ -46,7 +46,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
 
 
 def test_paraphrases_are_dropped_naming_their_source(run: RunResult) -> None:
-    ledger = pq.read_table(run.layout.ledger_file).to_pylist()
+    ledger = pq.read_table(run.layout.ledger).to_pylist()
     assert len(ledger) == len({r["record"] for r in ledger}) == len(SOURCES) * 2 + 16
     by_id = {r["doc_id"]: r for r in ledger}
     for title in SOURCES:
@@ -62,17 +62,22 @@ def test_rebalance_halves_the_tokens_and_drops_are_accounted(run: RunResult) -> 
     stats = json.loads(run.layout.stats_file.read_text())
     reb = stats["stages"]["finalize"]["rebalance"]
     assert reb["tokens_out_en"] == pytest.approx(reb["tokens_in_en"] / 2, rel=0.1)
-    ledger = pq.read_table(run.layout.ledger_file).to_pylist()
+    ledger = pq.read_table(run.layout.ledger).to_pylist()
     downsampled = [r for r in ledger if r["reason"] == "rebalance_downsampled"]
     kept = [r for r in ledger if r["fate"] == "kept"]
     assert downsampled and kept and len(downsampled) + len(kept) == 16 + len(SOURCES)
 
 
 def test_dataset_is_in_curriculum_order_with_perplexity(run: RunResult) -> None:
-    rows = pq.read_table(run.layout.dataset / "data").to_pylist()
-    assert [r["n_tokens"] for r in rows] == sorted(r["n_tokens"] for r in rows)
+    files = sorted(run.layout.dataset_data.rglob("*.parquet"))  # name order is curriculum order
+    folders = [f.parent.name for f in files]
+    assert folders == sorted(folders) and set(folders) == {"stage-0000", "stage-0001"}
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
     assert [r["curriculum_stage"] for r in rows] == sorted(r["curriculum_stage"] for r in rows)
     assert {r["curriculum_stage"] for r in rows} == {0, 1}
+    assert max(r["n_tokens"] for r in rows if r["curriculum_stage"] == 0) <= min(
+        r["n_tokens"] for r in rows if r["curriculum_stage"] == 1
+    )
     assert all(r["perplexity"] and r["perplexity"] > 1 for r in rows)
     assert all(r["semantic_cluster"] is not None for r in rows)
 

@@ -91,7 +91,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, wiki_texts: list[str]):
 
 def test_every_bad_record_has_one_ledger_row_with_a_reason(run) -> None:
     result, n_jsonl, n_warc = run
-    ledger = pq.read_table(result.layout.ledger_file).to_pylist()
+    ledger = pq.read_table(result.layout.ledger).to_pylist()
     for row in ledger:
         print(f"{row['record']:<40.40} {row['fate']:<9} {row['stage'] or '':<10} {row['reason'] or ''}")
     records = [r["record"] for r in ledger]

@@ -86,9 +86,11 @@ def test_a_server_dead_mid_task_leaves_llm_errors_that_the_next_run_retries(
     with FakeLLM(die_after=3) as llm:
         first = run(llm.url, inputs, out, **one_task)
         port = int(llm.url.rsplit(":", 1)[1].split("/")[0])
-    errors = [r for r in first.ledger if r["detail"] and "llm_error" in r["detail"]]
-    assert errors and all(r["fate"] == "kept" and r["reason"] == "rephrase_failed" for r in errors), first.ledger
-    assert len(first.ledger) == 8  # nothing lost
+    errors = [r for r in first.read_ledger() if r["detail"] and "llm_error" in r["detail"]]
+    assert errors and all(r["fate"] == "kept" and r["reason"] == "rephrase_failed" for r in errors), (
+        first.read_ledger()
+    )
+    assert len(first.read_ledger()) == 8  # nothing lost
     with FakeLLM(port=port) as revived:
         second = run(revived.url, inputs, out, **one_task)
     assert second.stats["fates"] == {"rephrased": 8} and dataset(out) == healthy
@@ -117,6 +119,6 @@ def test_a_server_answering_garbage_is_stopped_by_the_validators(inputs: Path, t
         result = run(llm.url, inputs, tmp_path / "out")
     rows = pq.read_table(tmp_path / "out" / "dataset" / "data").to_pylist()
     assert rows and {r["kind"] for r in rows} == {"original"}
-    assert {r["fate"] for r in result.ledger} == {"kept"}
-    assert all(r["reason"] == "rephrase_failed" and "meta_text" in r["detail"] for r in result.ledger)
+    assert {r["fate"] for r in result.read_ledger()} == {"kept"}
+    assert all(r["reason"] == "rephrase_failed" and "meta_text" in r["detail"] for r in result.read_ledger())
     assert result.stats["llm"]["rejections"]["meta_text"] == result.stats["llm"]["candidates_generated"]

@@ -2,8 +2,8 @@
 
 Copies are made by substituting a known share of words. With the default 5-grams and 14x8 bands a 2% edit keeps
 shingle Jaccard near 0.82 (caught ~97% of the time, and on this seeded data every time); a 30% edit leaves
-J ~ 0.09, which LSH never pairs. The rows are spread over two files and two signature tasks, so position ->
-id mapping is exercised across tasks, and some copies come before their original.
+J ~ 0.09, which LSH never pairs. The rows are spread over two files (shards) and two signature tasks, so position
+-> key mapping is exercised across tasks, and some copies come before their original.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from filters.minhash import (
     MinhashConfig,
-    NearDedupFilter,
+    NearDuplicates,
     jaccard_threshold,
     minhash_stages,
 )
@@ -44,7 +44,7 @@ def substitute(text: str, rate: float, rng: random.Random, vocab: list[str]) -> 
 
 
 def row(id_: str, text: str, kind: str) -> Document:
-    return Document(text=text, id=id_, metadata={"kind": kind, "record": id_.split("#")[0]})
+    return Document(text=text, id=id_, metadata={"kind": kind, "record": id_.split("#")[0], "key": id_})
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +75,17 @@ def rows(wiki_texts: list[str], tmp_path_factory: pytest.TempPathFactory) -> tup
     folder = tmp_path_factory.mktemp("minhash") / "rows"
     with ParquetWriter(str(folder), output_filename="${rank}.parquet") as writer:
         for rank, docs in enumerate(files):
-            for doc in docs:
+            for pos, doc in enumerate(docs):
+                doc.metadata.update(shard=f"{rank:05d}", row_pos=pos)
                 writer.write(doc, rank)
     return folder, {"truth": truth, "originals": [d.id for d in originals], "collapse": [d.id for d in collapse]}
 
 
 def near_dedup(rows_folder: Path, work: Path, cfg: MinhashConfig) -> tuple[list[str], dict[str, dict]]:
     """Run the three minhash stages and the filter; (kept row ids, dropped id -> ledger row with its detail)."""
-    stages = minhash_stages(cfg, ParquetReader(str(rows_folder)), str(work / "minhash"), tasks=2)
+    stages = minhash_stages(cfg, [ParquetReader(str(rows_folder))], str(work / "minhash"), tasks=2)
     run_stages(RunConfig(), [Stage(m.name, m.steps, m.tasks) for m in stages], work / "logs")
-    step = NearDedupFilter(str(work / "minhash"), LedgerWriter(str(work / "ledger"), "near_dedup"))
+    step = NearDuplicates(str(work / "minhash" / "twins"), LedgerWriter(str(work / "ledger"), "near_dedup"))
     kept = [d.id for d in step(ParquetReader(str(rows_folder))(None, 0, 1), 0, 1)]
     dropped = {}
     for f in (work / "ledger").rglob("*.parquet"):
@@ -134,9 +135,9 @@ def test_shorter_shingles_and_more_bands_catch_looser_copies(rows: tuple[Path, d
 
 
 def test_filter_names_the_missing_stage(tmp_path: Path) -> None:
-    step = NearDedupFilter(str(tmp_path))
+    step = NearDuplicates(str(tmp_path / "twins"))
     with pytest.raises(FileNotFoundError, match="run the minhash stages"):
-        step.filter(Document(text="x", id="a"))
+        step.filter(Document(text="x", id="a", metadata={"shard": "00000", "key": "a"}))
 
 
 def test_config_rejects_unknown_keys_and_states_its_threshold() -> None:

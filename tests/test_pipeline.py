@@ -57,7 +57,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, wiki_texts: list[str]) -> RunR
 
 
 def test_ledger_has_one_row_per_record_with_reasons(run: RunResult) -> None:
-    ledger = pq.read_table(run.layout.ledger_file).to_pylist()
+    ledger = pq.read_table(run.layout.ledger).to_pylist()
     records = [r["record"] for r in ledger]
     assert len(records) == len(set(records)) == 12 + 6
     by_id = {r["doc_id"]: r for r in ledger}
@@ -82,7 +82,7 @@ def test_dataset_loads_and_holds_no_dropped_document(run: RunResult) -> None:
     ds = datasets.load_dataset("parquet", data_dir=str(run.layout.dataset / "data"), split="train")
     for col in ("id", "text", "kind", "source_id", "prompt", "model", "language", "quality_score"):
         assert col in ds.column_names
-    ledger = pq.read_table(run.layout.ledger_file).to_pylist()
+    ledger = pq.read_table(run.layout.ledger).to_pylist()
     dropped = {r["doc_id"] for r in ledger if r["fate"] == "dropped"}
     assert not dropped & set(ds["source_id"])
     kept_or_rephrased = {r["doc_id"] for r in ledger if r["fate"] != "dropped"}

@@ -18,7 +18,7 @@ from filters.classifiers import HISTOGRAM_BINS, QualityScorer
 from filters.percentiles import load_ranks, write_calibration
 from filters.train import train_classifier
 from rephrase.config import ClassifierConfig, ConfigError, load_config
-from rephrase.run import RunResult, read_docs, run_config
+from rephrase.run import RunResult, run_config
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = """
@@ -88,7 +88,7 @@ def test_mid_rank_percentiles_and_model_check(tmp_path: Path) -> None:
 
 
 def test_ensemble_is_the_max_of_percentiles_and_routes_by_bucket(ensemble_run: RunResult) -> None:
-    ledger = pq.read_table(ensemble_run.layout.ledger_file).to_pylist()
+    ledger = pq.read_table(ensemble_run.layout.ledger).to_pylist()
     assert len(ledger) == 84 and len({r["record"] for r in ledger}) == 84
     scored = [r for r in ledger if r["quality_bucket"] is not None]
     assert len(scored) >= 12, "too few documents reached scoring to test routing"
@@ -99,7 +99,10 @@ def test_ensemble_is_the_max_of_percentiles_and_routes_by_bucket(ensemble_run: R
             assert (row["stage"], row["reason"]) == ("route", "low_quality")
     assert {r["quality_bucket"] for r in scored} >= {0, 4}
     # each document keeps both classifiers' scores and percentiles; quality_score is the max percentile
-    docs = read_docs(ensemble_run.layout)
+    metas = [
+        m for f in sorted(ensemble_run.layout.docs.glob("*.parquet")) for m in pq.read_table(f)["meta"].to_pylist()
+    ]
+    docs = [{"meta": json.loads(m)} for m in metas]
     assert docs
     for doc in docs:
         meta = doc["meta"]
@@ -108,7 +111,7 @@ def test_ensemble_is_the_max_of_percentiles_and_routes_by_bucket(ensemble_run: R
 
 
 def test_funnel_drops_by_language_and_heuristics_with_reasons(ensemble_run: RunResult) -> None:
-    ledger = pq.read_table(ensemble_run.layout.ledger_file).to_pylist()
+    ledger = pq.read_table(ensemble_run.layout.ledger).to_pylist()
     reasons = {(r["stage"], r["reason"]) for r in ledger if r["fate"] == "dropped"}
     assert any(stage == "language" and reason.startswith("language:") and reason != "language:en"
                for stage, reason in reasons), reasons  # fmt: skip

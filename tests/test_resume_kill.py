@@ -1,13 +1,13 @@
-"""SIGKILL the whole `rephrase run` process group at 10 points spread over a run and once more as dedup/mix
-begins, rerun the same command, and get exactly what an uninterrupted run gives: the same dataset rows, the same
-ledger, and no finished generation asked for again.
+"""SIGKILL the whole `rephrase run` process group at 10 points spread over a run, once as the post-curate stages
+begin and once inside the parallel count/finalize/ledger stages, rerun the same command, and get exactly what an
+uninterrupted run gives: the same dataset rows, the same ledger, and no finished generation asked for again.
 
 The pipeline runs as a real subprocess (`python -m rephrase.cli run`), the way a preempted job dies: no atexit,
 no finally. Its LLM is tests/fake_llm.py through the real `vllm-server` engine, so rewrites are a pure function
 of the document and the comparison can be exact; the real model's engines are tested elsewhere. Kill times are
 stratified over the uninterrupted run's wall time (seeded jitter), so they land in reading and filtering, in
-generation, in the dedup and mix stages and while the ledger and card are written; one more kill waits for a
-dedup/mix stage to begin (that window is a few seconds, and a slow start-up once let all ten clocks miss it).
+generation, in the dedup and mix stages and while the ledger and card are written; two more kills wait for the
+post-curate stages to begin (that window is a few seconds, and a slow start-up once let all ten clocks miss it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from fake_llm import FakeLLM, doc_key, rewrite
 
 REPO = Path(__file__).resolve().parent.parent
 KILLS = 10
-FINALIZE = ("finalize", "minhash", "rows")  # the stages after curate, as their log folders are named
+# the stages after curate, latest first, as their log folders are named: each runs as run.tasks (2) tasks
+FINALIZE = ("ledger", "finalize", "count", "semantic", "minhash", "exact", "rows")
 VALIDATORS = "[{use: not_truncated}, {use: not_empty}, {use: length_ratio}, {use: no_meta_text}]"
 
 
@@ -77,7 +78,7 @@ def finish(args: list[str], log: Path) -> None:
 
 def result(out: Path) -> tuple[list[dict], list[dict]]:
     rows = pq.read_table(out / "dataset" / "data").to_pylist()
-    ledger = pq.read_table(out / "ledger" / "ledger.parquet").to_pylist()
+    ledger = pq.read_table(out / "ledger").to_pylist()
     key = lambda r: json.dumps(r, sort_keys=True, default=str)  # noqa: E731
     return sorted(rows, key=key), sorted(ledger, key=key)
 
@@ -120,10 +121,12 @@ def kill_at(args: list[str], log: Path, out: Path, at: float) -> float:
         at *= 0.8
 
 
-def kill_as_finalize_begins(args: list[str], log: Path, out: Path) -> float:
+def kill_as_stage_begins(args: list[str], log: Path, out: Path, stages: tuple[str, ...], delay: float) -> float:
+    """SIGKILL `delay` seconds after the first of `stages` has begun (its log folder exists)."""
     process, began = start(args, log), time.perf_counter()
-    while not any((out / "logs" / s).exists() for s in FINALIZE) and process.poll() is None:
+    while not any((out / "logs" / s).exists() for s in stages) and process.poll() is None:
         time.sleep(0.05)
+    time.sleep(delay)
     os.killpg(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, (
         f"the run ended before a finalize stage began:\n{log.read_text()[-3000:]}"
@@ -149,13 +152,15 @@ def test_sigkill_at_ten_points_then_resume_equals_uninterrupted_run(tmp_path: Pa
 
         rng = random.Random(0)
         report = []
-        for kill in range(KILLS + 1):
+        for kill in range(KILLS + 2):
             out = tmp_path / f"kill{kill}"
             args, log = command(llm.url, tmp_path / "in", out), tmp_path / f"kill{kill}.log"
             if kill < KILLS:
                 at = kill_at(args, log, out, wall * (0.15 + 0.78 * kill / (KILLS - 1) + rng.uniform(-0.03, 0.03)))
-            else:  # the dedup/mix window is a few seconds: one kill waits for it instead of a clock
-                at = kill_as_finalize_begins(args, log, out)
+            elif kill == KILLS:  # the post-curate stages last seconds: two kills wait for them instead of a clock
+                at = kill_as_stage_begins(args, log, out, FINALIZE, 0.0)
+            else:  # inside the parallel count / finalize / ledger stages, while their tasks run
+                at = kill_as_stage_begins(args, log, out, ("count", "finalize", "ledger"), 1.0)
             killed_during = stage_at_kill(out)
             before = len(llm.requests)
             saved = checkpointed(out, by_text) if (out / "work" / "llm_checkpoints").exists() else set()
@@ -167,4 +172,4 @@ def test_sigkill_at_ten_points_then_resume_equals_uninterrupted_run(tmp_path: Pa
             assert not saved & set(again), f"{report[-1]}: finished generations were asked for again"
         print("\n".join([f"uninterrupted: {wall:.1f} s, {baseline_requests} requests", *report]))
         stages = " ".join(report)
-        assert "curate" in stages and ("finalize" in stages or "minhash" in stages or "rows" in stages)
+        assert "curate" in stages and any(stage in stages for stage in FINALIZE)

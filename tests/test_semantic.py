@@ -19,10 +19,23 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from datatrove.data import Document
+from datatrove.pipeline.readers import ParquetReader
+from datatrove.pipeline.writers import ParquetWriter
 from pydantic import ValidationError
 
-from filters.semantic import Embedder, SemanticDedup, SemanticDedupConfig, cluster, find_duplicates, removal_shares
+from filters.semantic import (
+    Embedder,
+    SemanticDedupConfig,
+    SemanticDuplicates,
+    cluster,
+    find_duplicates,
+    removal_shares,
+    semantic_stages,
+)
+from rephrase.config import RunConfig
+from rephrase.executors import Stage, run_stages
 from rephrase.ledger import LedgerWriter
+from rephrase.rows import WorkReader
 from rephrase.sample_data import wiki_summaries
 
 PARAPHRASES = {
@@ -202,7 +215,25 @@ def test_originals_win_and_own_source_is_exempt(
     assert all(t is None for t in find_duplicates(embedded, labels, [0.85], [False] * len(docs), groups)[0.85])
 
 
-def test_step_writes_the_twin_and_similarity_to_the_ledger(
+def semantic_run(rows: list[Document], work: Path, config: SemanticDedupConfig, tasks: int) -> tuple[list, list]:
+    """Rows in two shards (first half, second half: (shard, position) order is input order) through the four
+    semantic stages (real executors) and the finalize filter: (kept rows, ledger rows)."""
+    half = (len(rows) + 1) // 2
+    for i, d in enumerate(rows):
+        d.metadata.update(key=d.id, shard=f"{i // half:05d}", row_pos=i % half)
+    with ParquetWriter(str(work / "rows"), output_filename="${shard}.parquet") as writer:
+        for d in rows:
+            writer.write(d)
+    stages = semantic_stages(config, [ParquetReader(str(work / "rows"))], str(work / "semantic"), tasks, seed=0)
+    run_stages(RunConfig(), [Stage(m.name, m.steps, m.tasks) for m in stages], work / "logs")
+    step = SemanticDuplicates(str(work / "semantic" / "result"), LedgerWriter(str(work / "ledger"), "semantic_dedup"))
+    kept = list(step(ParquetReader(str(work / "rows"))(None, 0, 1), 0, 1))
+    ledger = [r for f in (work / "ledger").rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert step.stats["total"].total == len(rows) == len(kept) + len(ledger)
+    return kept, ledger
+
+
+def test_stages_write_the_twin_and_similarity_to_the_ledger(
     corpus: tuple[list[Document], dict[str, str]], tmp_path: Path
 ) -> None:
     docs, truth = corpus
@@ -216,23 +247,27 @@ def test_step_writes_the_twin_and_similarity_to_the_ledger(
     rows.append(rewrite_of_own)
     rows = [Document(d.text, d.id, metadata={**d.metadata, "record": d.id}) for d in rows]
     config = SemanticDedupConfig(docs_per_cluster=8)
-    step = SemanticDedup(config, seed=0, exclusion_writer=LedgerWriter(str(tmp_path), "semantic_dedup"))
-    kept = list(step.run(iter(rows)))
-    dropped = step.stats["dropped_semantic_duplicate"].total
-    assert step.stats["total"].total == len(rows) == len(kept) + dropped
+    kept, ledger = semantic_run([Document(d.text, d.id, metadata=dict(d.metadata)) for d in rows], tmp_path / "a",
+                                config, tasks=2)  # fmt: skip
     assert "wiki:Moa#wikipedia" in {d.id for d in kept}  # a rewrite is not a duplicate of its own source
     assert all("semantic_cluster" in d.metadata for d in kept)
-    ledger = [r for f in tmp_path.rglob("*.parquet") for r in pq.read_table(f).to_pylist()]
-    assert len(ledger) == dropped >= 0.9 * len(truth)
+    assert len(ledger) >= 0.9 * len(truth)
     for row in ledger:
         detail = json.loads(row["detail"])
         assert row["reason"] == "semantic_duplicate" and detail["duplicate_of"] == truth[row["doc_id"]]
-    assert all(by_row.metadata["similarity"] > config.threshold for by_row in rows if "similarity" in by_row.metadata)
-    assert step.stats[f"would_drop_at_{config.threshold:.2f}"].total == dropped
-    assert list(step.shares) == sorted({config.threshold, *config.report_thresholds})
+        assert detail["similarity"] > config.threshold
+    compare = json.loads((tmp_path / "a" / "logs" / "compare" / "stats.json").read_text())
+    counters = next(s["stats"] for s in compare if s["name"].endswith("semantic_compare"))
+    assert counters[f"would_drop_at_{config.threshold:.2f}"]["total"] == len(ledger)
+    # one task or three, the same rows survive
+    again, _ = semantic_run([Document(d.text, d.id, metadata=dict(d.metadata)) for d in rows], tmp_path / "b",
+                            config, tasks=3)  # fmt: skip
+    assert sorted(d.id for d in again) == sorted(d.id for d in kept)
 
 
-def test_empty_input_yields_nothing_and_typos_are_config_errors() -> None:
-    assert list(SemanticDedup(SemanticDedupConfig()).run(iter([]))) == []
+def test_empty_input_yields_nothing_and_typos_are_config_errors(tmp_path: Path) -> None:
+    stages = semantic_stages(SemanticDedupConfig(), [WorkReader(str(tmp_path / "rows"))], str(tmp_path), 2, seed=0)
+    run_stages(RunConfig(), [Stage(m.name, m.steps, m.tasks) for m in stages], tmp_path / "logs")
+    assert [len(pq.read_table(f)) for f in sorted((tmp_path / "result").glob("*.parquet"))] == [0, 0]
     with pytest.raises(ValidationError, match="treshold"):
         SemanticDedupConfig(treshold=0.9)

@@ -57,7 +57,7 @@ def test_validation_split_keeps_each_document_with_its_rewrites(tmp_path: Path, 
     assert {k: len(v) for k, v in loaded.items()} == splits
     by_dir = datasets.load_dataset("parquet", data_dir=str(data))  # split names inferred from the file names
     assert set(by_dir) == {"train", "validation"}
-    record_of = {r["doc_id"]: r["record"] for r in result.ledger}  # provenance down to the input line
+    record_of = {r["doc_id"]: r["record"] for r in result.read_ledger()}  # provenance down to the input line
     rows = pq.read_table(data, columns=["source_id", "source_record", "n_tokens"]).to_pylist()
     assert all(r["source_record"] == record_of[r["source_id"]] for r in rows)
     assert result.stats["dataset"]["tokens_by_source_file"] == {"in.jsonl": sum(r["n_tokens"] for r in rows)}

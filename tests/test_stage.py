@@ -183,7 +183,7 @@ def test_summary_reports_acceptance_per_prompt_and_bucket_with_chunks(tmp_path, 
     document counts once as a document and once per chunk, and the task's last log line says the same."""
     from datatrove.utils.logging import logger
 
-    from rephrase.run import acceptance
+    from rephrase.stats import acceptance
 
     # one submit for the two short documents and the long one's two chunks (each capped by its length); d1 resampled
     engine = ScriptedEngine([[[GOOD, GOOD], [SOURCE, SOURCE], [GOOD, GOOD], [GOOD, SOURCE]], [[SOURCE, SOURCE]]])
