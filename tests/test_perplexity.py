@@ -110,8 +110,8 @@ def test_max_perplexity_drops_to_the_ledger(scored: Scored) -> None:
     rows, step = scored.rows, scored.step
     high = {d.id for d in rows if d.metadata["perplexity"] > MAX_PERPLEXITY}
     assert high and scored.kept == {d.id for d in rows} - high
-    assert {r["doc_id"] for r in scored.read_ledger()} == high
-    assert {r["reason"] for r in scored.read_ledger()} == {"perplexity_too_high"}
+    assert {r["doc_id"] for r in scored.ledger} == high
+    assert {r["reason"] for r in scored.ledger} == {"perplexity_too_high"}
     assert step.stats["dropped_perplexity_too_high"].total == len(high)
     assert step.stats["scored"].total == step.stats["total"].total == len(rows)
 
