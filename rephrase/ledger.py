@@ -193,6 +193,12 @@ class FoldLedger(PipelineStep):
             for row in _rows(path):
                 yield dropped_in_curate(row)
         docs = sorted((self.work / "docs").glob("*.parquet"))
+        strays = {p.stem for p in (self.work / "ledger" / "finalize").glob("*/*.parquet")} - {p.stem for p in docs}
+        if strays:
+            raise LedgerIncomplete(
+                f"work/ledger/finalize has outcomes for shards {sorted(strays)}, which work/docs does not have: "
+                "their records would be missing from the ledger. An accounting bug, please report"
+            )
         for path in docs[rank::world_size]:
             shard = path.name.removesuffix(".parquet")
             outcomes = [_Outcomes(p) for p in sorted((self.work / "ledger" / "finalize").glob(f"*/{shard}.parquet"))]

@@ -76,9 +76,10 @@ def shard_of(path: str) -> str:
 
 def work_adapter(self, data: dict, path: str, id_in_file: int | str) -> dict:
     """datatrove reader adapter for work/docs and work/rows: the JSON column becomes the metadata again, and a
-    document read from work/docs learns its shard."""
+    document learns its shard from the file it is read from (always: a document the LLM stage read from
+    work/filtered/00002 carries that file's shard, but lives in the LLM task's work/docs file)."""
     meta = json.loads(data["meta"])
-    meta.setdefault("shard", shard_of(path))
+    meta["shard"] = shard_of(path)
     return {"id": data["id"], "text": data["text"], "metadata": meta}
 
 

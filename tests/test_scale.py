@@ -101,3 +101,23 @@ def test_files_that_share_ids_lose_nothing_that_is_not_a_near_duplicate(wiki_tex
     with pytest.raises(LedgerIncomplete, match="read 7 records but the ledger has 6 rows"):
         run_config(cfg)
     assert isinstance(table, pa.Table)
+
+
+def test_docs_of_a_task_that_read_other_shards_keep_their_ledger(inputs: Path, tmp_path: Path) -> None:
+    """On Slurm one LLM task may read several curate tasks' files (work/filtered/00000..00002) and write one
+    work/docs file whose documents still carry the shards they were read from; every later stage must file them
+    under the work/docs file they live in, or the ledger finds no outcome for them."""
+    with FakeLLM() as llm:
+        first = run(llm, inputs, tmp_path / "out")
+        docs = sorted(first.layout.docs.glob("*.parquet"))
+        tables = []
+        for p in docs:  # the shard each document was read from, as work/filtered's reader gives it
+            table = pq.read_table(p)
+            metas = [json.dumps({**json.loads(m), "shard": p.stem}) for m in table.column("meta").to_pylist()]
+            tables.append(table.set_column(table.schema.get_field_index("meta"), "meta", pa.array(metas)))
+            p.unlink()
+        pq.write_table(pa.concat_tables(tables), docs[0])  # one LLM task's output: work/docs/00000 only
+        second = run(llm, inputs, tmp_path / "out")
+    assert second.stats["fates"] == first.stats["fates"]
+    assert len(pq.read_table(second.layout.dataset_data)) == len(pq.read_table(first.layout.dataset_data))
+    assert sorted(p.name for p in second.layout.rows.glob("*.parquet")) == ["00000.parquet"]
