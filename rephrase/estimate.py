@@ -222,6 +222,7 @@ def estimate(cfg: Config, sample: int, tokens_per_s: float | None = None, from_r
 def format_estimate(est: Estimate) -> str:
     """The sample per source, then the totals scaled to every record, as the tables `rephrase estimate` prints."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     per_source = Table(
@@ -233,7 +234,8 @@ def format_estimate(est: Estimate) -> str:
         share = [f"{100 * k / s.sampled:.1f}%" if s.sampled else "-" for k in (s.passed, s.to_rephrase)]
         drops = ", ".join(f"{stage} {n}" for stage, n in s.drops.most_common()) or "none"
         path = s.path if len(s.path) <= 40 else "…" + s.path[-39:]  # the file name end is what tells sources apart
-        per_source.add_row(path, str(s.files), f"{s.records:,}", str(s.sampled), *share, drops)
+        # paths and reasons are data: a file named `[x].jsonl` is not markup
+        per_source.add_row(escape(path), str(s.files), f"{s.records:,}", str(s.sampled), *share, escape(drops))
 
     total = Table(title="Full input (sample scaled per source)", title_justify="left", show_header=False)
     total.add_column(justify="left")
