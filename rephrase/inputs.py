@@ -167,7 +167,7 @@ def expand_source(path: str) -> list[str]:
     """Files named by a file, a glob or a folder (recursively), sorted so every task sees the same order."""
     if is_url(path):
         return _expand_url(path)
-    if any(ch in path for ch in "*?["):
+    if any(ch in path for ch in "*?[") and not os.path.exists(path):  # `[red]forum.jsonl` is a name, not a glob
         files = glob.glob(path, recursive=True)
     elif os.path.isdir(path):
         files = [str(p) for p in Path(path).rglob("*") if p.is_file()]
