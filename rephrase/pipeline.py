@@ -4,7 +4,8 @@ rephrase.executors decides what runs the stages (local processes, Ray, Slurm job
   curate   (N tasks): read -> extract HTML -> input checks -> language id -> heuristics -> exact dedup
                       -> quality score -> route -> rephrase -> work/docs (one file per task: the run's shards)
            On Slurm, curate stops at route (work/filtered, CPU partition) and `rephrase` (its own task count, GPU
-           partition) reads work/filtered: a GPU is never held while pages are read and filtered.
+           partition) reads work/filtered: a GPU is never held while pages are read and filtered. It files each
+           document under the curate task that routed it, so work/docs has curate's shards whatever the GPU count.
 Every stage after curate runs as M tasks (run.finalize_tasks, default run.tasks), each on its share of the shards,
 with memory bounded by that share (global decisions are planned from merged counts, then streamed):
   rows     (M):  work/docs -> rows (original + synthetic) -> [exact-dedup hashes by partition] -> work/rows
@@ -118,7 +119,9 @@ def curate_stages(cfg: Config, layout: Layout) -> list[Stage]:
                 [
                     WorkReader(filtered),
                     rephrase_step(cfg, layout),
-                    WorkWriter(str(layout.docs)),
+                    # filed under the curate task that routed it: as many shards for the stages after curate
+                    # as curate had tasks, not as there are GPUs (each filtered file is read by one LLM task)
+                    WorkWriter(str(layout.docs), by_shard=True),
                 ],
                 cfg.run.slurm.llm_tasks or cfg.run.tasks,
                 gpu=True,
