@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from rephrase.config import ClassifierConfig
+if TYPE_CHECKING:  # rephrase.config checks classifier paths with resolve_classifier_path while a config loads
+    from rephrase.config import ClassifierConfig
 
 
 def resolve_classifier_path(path: str) -> str:

@@ -1,7 +1,9 @@
 """Pydantic models for a whole run, loaded from YAML with errors that say where and what to change.
 
 Every key is checked (`extra="forbid"`), so a typo fails at start instead of silently using a default hours into
-a GPU job. Relative paths in a config file are resolved against that file's folder, so a config means the same
+a GPU job. So is every component a config names (heuristics and their parameters, validators and theirs, quality
+classifiers): a rerun clears curate's outputs when the config changed, and it must not do that for a config that
+cannot run. Relative paths in a config file are resolved against that file's folder, so a config means the same
 thing whatever directory `rephrase` is started from.
 """
 
@@ -11,12 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from filters.classifiers import resolve_classifier_path
+from filters.heuristics import check_params
 from filters.minhash import MinhashConfig
 from filters.perplexity import PerplexityConfig
 from filters.semantic import SemanticDedupConfig
 from rephrase.executor_config import RayConfig, SlurmConfig
+from rephrase.llm.validators import VALIDATORS
 from rephrase.rebalance import CurriculumConfig, RebalanceConfig
 
 
@@ -78,11 +83,27 @@ class HeuristicConfig(Strict):
     use: Literal["gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality"]
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the datatrove filter.")
 
+    @field_validator("params")
+    @classmethod
+    def _accepted(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "use" in info.data:  # an unknown filter is reported on `use` alone
+            check_params(info.data["use"], params)
+        return params
+
 
 class ClassifierConfig(Strict):
     name: str = Field(description="Column name of the score, e.g. quality_starter.")
     path: str = Field(description="fastText model file; `bundled:quality_starter` for the shipped one.")
     label: str = Field("__label__hq", description="Label whose probability is the score.")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: str) -> str:
+        try:
+            resolve_classifier_path(path)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+        return path
 
 
 class QualityConfig(Strict):
@@ -156,8 +177,27 @@ class RoutingConfig(Strict):
 
 
 class ValidatorConfig(Strict):
+    """Built once while it is validated, and thrown away: validators load their models on first use, so building
+    one is cheap and proves its name and parameters before any file is touched."""
+
     use: str = Field(description="Validator name, e.g. length_ratio.")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("use")
+    @classmethod
+    def _known(cls, use: str) -> str:
+        VALIDATORS.check(use)
+        return use
+
+    @field_validator("params")
+    @classmethod
+    def _accepted(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "use" in info.data:  # an unknown validator is reported on `use` alone
+            try:
+                VALIDATORS.build(info.data["use"], **params)
+            except FileNotFoundError as e:  # quality_score's classifier
+                raise ValueError(str(e)) from None
+        return params
 
 
 class SamplingConfig(Strict):

@@ -25,9 +25,13 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._factories)
 
-    def build(self, name: str, **params: Any) -> T:
+    def check(self, name: str) -> None:
+        """Fail on an unknown name, listing the known ones; configs call it while they load."""
         if name not in self._factories:
             raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+
+    def build(self, name: str, **params: Any) -> T:
+        self.check(name)
         try:
             return self._factories[name](**params)
         except TypeError as e:

@@ -1,8 +1,11 @@
+import re
 from pathlib import Path
 
 import pytest
 
 from rephrase.config import ConfigError, load_config
+from rephrase.layout import Layout
+from rephrase.run import run_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,3 +72,46 @@ def test_slurm_executor_without_its_section_says_what_to_add(tmp_path: Path) -> 
     path.write_text("input:\n  sources: [{path: x.jsonl}]\nrun: {executor: slurm}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: run: .*executor slurm needs a run.slurm section"):
         load_config(path)
+
+
+def test_every_component_name_and_parameter_is_checked_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "typos.yaml"
+    path.write_text(
+        "input:\n  sources: [{path: x.jsonl}]\n"
+        "heuristics: [{use: gopher_quality, params: {min_doc_wrds: 40}}]\n"
+        "quality:\n  classifiers: [{name: q, path: 'bundled:quality_startr'}]\n"
+        "rephrase:\n  validators: [{use: not_truncated}, {use: not_emtpy}, {use: length_ratio, params: {lo: 0.5}},"
+        " {use: length_ratio, params: {low: 5}}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()[1:]
+    assert all(line.strip().startswith(f"{path}: ") for line in lines) and len(lines) == 5
+    msg = str(err.value)
+    assert "heuristics.0.params: Value error, heuristics gopher_quality: unknown parameter(s) ['min_doc_wrds']" in msg
+    assert "quality.classifiers.0.path: Value error, no bundled classifier 'quality_startr'" in msg
+    assert "rephrase.validators.1.use: Value error, unknown validator 'not_emtpy'; known: faithful," in msg
+    assert "rephrase.validators.2.params: Value error, validator length_ratio: bad parameters {'lo': 0.5}" in msg
+    assert "rephrase.validators.3.params: Value error, length_ratio needs 0 < low < high" in msg
+
+
+def test_a_config_with_a_typo_fails_before_a_rerun_clears_curate(tmp_path: Path) -> None:
+    """A rerun with an edited config clears curate's outputs when the config changed: a config that cannot run
+    must fail before that, or a typo costs the whole curate stage (its LLM generations only replay)."""
+    demo = REPO / "configs" / "demo.yaml"
+    updates = {
+        "input.sources": [{"path": "bundled:sample/wiki.jsonl", "limit": 8}],
+        "routing.rules": [{"action": "keep"}],  # no model: curate's outputs are what matters here
+        "run.output": str(tmp_path / "out"),
+    }
+    run_config(load_config(demo, ["mix.synthetic_share=null"], updates))
+    layout = Layout(tmp_path / "out")
+    curated = {f: f.stat().st_mtime_ns for folder in (layout.docs, layout.curate_ledger) for f in folder.rglob("*")}
+    assert any(p.suffix == ".parquet" for p in curated)
+    for typo, key in (
+        ("rephrase.validators=[{use: not_emtpy}]", "rephrase.validators.0.use"),
+        ("heuristics=[{use: gopher_quality, params: {min_doc_wrds: 40}}]", "heuristics.0.params"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(f"{demo}: {key}: ")):
+            run_config(load_config(demo, ["mix.synthetic_share=null", typo], updates))
+        assert {f: f.stat().st_mtime_ns for f in curated if f.exists()} == curated

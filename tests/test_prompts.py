@@ -161,3 +161,12 @@ def test_an_edited_prompt_is_used_by_the_next_run_and_recorded(tmp_path: Path, w
     assert second and {r["prompt"] for r in second} == {"wikipedia@v2"}
     assert {r["prompt_hash"] for r in first}.isdisjoint({r["prompt_hash"] for r in second})
     assert len({r.key for r in sent}) == len(texts)  # every document was generated again, none replayed
+
+
+def test_a_prompts_validators_are_checked_at_load(tmp_path: Path) -> None:
+    """A prompt's own validators are built only by the LLM stage, after a rerun may have cleared curate: a typo
+    in one must fail when the prompt loads, naming the file and the key."""
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nversion: 1\ndescription: x\nuser: '{{ document }}'\nvalidators: [{use: lenght_ratio}]\n")
+    with pytest.raises(PromptError, match=r"p\.yaml: validators\.0\.use: Value error, unknown validator 'lenght_"):
+        load_prompt(path)

@@ -17,6 +17,8 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rephrase.config import ValidatorConfig
+
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
 
@@ -39,7 +41,9 @@ class PromptSpec(BaseModel):
     system: str = ""
     user: str
     sampling: PromptSampling = Field(default_factory=PromptSampling)
-    validators: list[dict] = Field(default_factory=list, description="Extra validators this prompt needs.")
+    validators: list[ValidatorConfig] = Field(
+        default_factory=list, description="Extra validators this prompt needs, checked as the run config's are."
+    )
 
 
 class Prompt:

@@ -61,14 +61,12 @@ class RephraseStep(PipelineStep):
     ) -> None:
         super().__init__()
         self.llm, self.sampling, self.prompts = llm, sampling, prompts
-        self.validator_configs = validators
-        for prompt in prompts.values():  # fail at assembly, not inside a worker
-            build_validators(self._checks(prompt))
+        self.validator_configs = validators  # each built once as its config loaded: names and parameters hold
         self.batch_size, self.chunk_tokens, self.max_doc_tokens = batch_size, chunk_tokens, max_doc_tokens
         self.seed, self.checkpoint_dir, self.server_log = seed, checkpoint_dir, server_log
 
     def _checks(self, prompt: Prompt) -> list[ValidatorConfig]:
-        return [*self.validator_configs, *(ValidatorConfig(**v) for v in prompt.spec.validators)]
+        return [*self.validator_configs, *prompt.spec.validators]
 
     def _engine(self):
         from rephrase.llm.engine import build_engine
