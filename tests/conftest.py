@@ -17,6 +17,15 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def missing_service(what: str) -> None:
+    """Skip a test whose system service (Chromium, a local Slurm) is not there, or fail it under
+    REPHRASE_REQUIRE_SERVICES=1: CI sets that after installing the services, so a CI image where one broke
+    cannot pass by skipping the only tests that exercise it."""
+    if os.environ.get("REPHRASE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what}, and REPHRASE_REQUIRE_SERVICES=1 (set by .ci/run) requires it")
+    pytest.skip(what)
+
+
 def write_jsonl_bytes(path: Path, lines: list[bytes]) -> Path:
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import missing_service
 from fake_llm import FakeLLM, run_updates
 
 from rephrase.config import load_config
@@ -148,7 +149,7 @@ def slurm_ready() -> bool:
 @pytest.mark.slow
 def test_a_real_slurm_run_gives_the_local_result(llm: FakeLLM, inputs: Path, tmp_path: Path, local) -> None:
     if not slurm_ready():
-        pytest.skip("no Slurm on this machine: .ci/slurm-up starts a one-node cluster (Debian's slurm-wlm)")
+        missing_service("no Slurm on this machine: .ci/slurm-up starts a one-node cluster (Debian's slurm-wlm)")
     out = tmp_path / "slurm"
     cfg = config(llm, inputs, out, **{"run.executor": "slurm", "run.slurm": {**SLURM, "time": "00:20:00"}})
     submitted = run_config(cfg)

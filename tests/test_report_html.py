@@ -1,6 +1,7 @@
 """`rephrase report`: the HTML page made from a real run (bundled model through vLLM on CPU), checked as a file and
 as Chromium renders it: every section is there, the pairs table holds 20 real pairs, and the screenshot is not
-blank. Chromium is a system package (`apt-get install -y chromium`); without it only the browser checks skip."""
+blank. Chromium is a system package (`apt-get install -y chromium`); without it only the browser checks skip
+(or fail, under REPHRASE_REQUIRE_SERVICES=1 as in CI)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_jsonl_bytes
+from conftest import missing_service, write_jsonl_bytes
 
 from rephrase.config import load_config
 from rephrase.report_html import PAIRS, write_report
@@ -21,8 +22,16 @@ from rephrase.run import run_config
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("funnel", "quality", "generation", "lengths", "throughput", "pairs")
 GERMAN = "Die Photosynthese wandelt Lichtenergie in chemische Energie um. " * 5
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Asked for before `report`, so a machine without Chromium skips (or fails) before the run is made."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        missing_service("chromium is not installed (apt-get install -y chromium)")
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -99,12 +108,11 @@ def test_report_is_self_contained_and_complete(report: Path) -> None:
     assert sum(f">{doc_id} · " in html for doc_id in shown) >= PAIRS  # pairs name their source documents
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
-def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
+def test_report_renders_in_chromium(chromium: str, report: Path, tmp_path: Path) -> None:
     from PIL import Image, ImageStat
 
     flags = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,3000",
     ]  # fmt: skip
