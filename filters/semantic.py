@@ -22,7 +22,7 @@ Paradise Lost / John Milton 0.907, Caucasus Mountains / Caucasus 0.902). The def
 choosing; the step logs it and records it in its stats (`would_drop_at_<t>`).
 
 A rewrite is its source said in other words, by design: WRAP trains on both. So by default a row is never
-compared with rows of its own source (`source_id`); `compare_own_source: true` treats them like any other pair.
+compared with rows of its own source (same input record); `compare_own_source: true` treats them like any other pair.
 
 Documents are embedded on their first `max_tokens` tokens (all-MiniLM-L6-v2 was trained on 128 and truncates at
 256), so two documents that share a long opening and differ later can collide: embeddings summarise openings.
@@ -85,7 +85,7 @@ class SemanticDedupConfig(BaseModel):
         1000, ge=1, description="k-means k = ceil(rows / docs_per_cluster); each cluster costs size^2 floats."
     )
     compare_own_source: bool = Field(
-        False, description="Also dedup a rewrite against its own source and sibling rewrites (same source_id)."
+        False, description="Also dedup a rewrite against its own source and sibling rewrites (same input record)."
     )
     report_thresholds: list[float] = Field(
         list(REPORT_THRESHOLDS), description="Thresholds whose removal share is recorded in the stats."
@@ -227,7 +227,7 @@ def removal_shares(twins: dict[float, list[Twin | None]]) -> dict[float, float]:
     return {t: sum(x is not None for x in rows) / max(1, len(rows)) for t, rows in sorted(twins.items())}
 
 
-ROW_COLUMNS = ("key", "id", "shard", "pos", "synthetic", "source_id")
+ROW_COLUMNS = ("key", "id", "shard", "pos", "synthetic", "source")
 RESULT_SCHEMA = pa.schema(
     [
         ("shard", pa.string()),
@@ -281,7 +281,8 @@ class EmbedRows(PipelineStep):
                     "shard": [d.metadata["shard"] for d in batch],
                     "pos": [d.metadata["row_pos"] for d in batch],
                     "synthetic": [d.metadata.get("kind") == "synthetic" for d in batch],
-                    "source_id": [str(d.metadata.get("source_id", d.id)) for d in batch],
+                    # the input record: input ids repeat across files, records do not
+                    "source": [d.metadata.get("record", d.id) for d in batch],
                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1]),
                 }
             )
@@ -423,7 +424,7 @@ class CompareClusters(PipelineStep):
             groups = None
             if not cfg.compare_own_source:
                 ids: dict[str, int] = {}
-                groups = [ids.setdefault(s, len(ids)) for s in table.column("source_id").to_pylist()]
+                groups = [ids.setdefault(s, len(ids)) for s in table.column("source").to_pylist()]
             thresholds = sorted({cfg.threshold, *cfg.report_thresholds})
             labels = table.column("cluster").to_numpy()
             with self.track_time():

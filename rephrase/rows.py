@@ -121,7 +121,11 @@ class RowsMeta(PipelineStep):
 
 
 class ExplodeRows(PipelineStep):
-    """One row per original kept and per accepted rewrite, each with its key, shard and position in the shard."""
+    """One row per original kept and per accepted rewrite, each with its key, shard and position in the shard.
+
+    A row's id is its key: the input record (`file:line`) for an original, `record#prompt` for a rewrite. Input
+    ids are kept in `source_id` but never identify a row: two input files that both number their records 1, 2, 3
+    are common, and a lookup by input id then finds the wrong document."""
 
     name = "rows"
     type = "🧩 - ROWS"
@@ -144,12 +148,13 @@ class ExplodeRows(PipelineStep):
             if meta.get("keep_original", True):
                 tokens = meta.get("n_tokens")
                 tokens = len(doc.text.split()) if tokens is None else tokens
-                rows.append((doc.text, doc.id, {"key": meta["record"], "kind": "original", "n_tokens": tokens}))
+                record = meta["record"]
+                rows.append((doc.text, record, {"key": record, "kind": "original", "n_tokens": tokens}))
             for rw in meta.get("rewrites", []):
                 row_meta = {k: v for k, v in rw.items() if k not in ("text", "output_tokens")}
                 key = f"{meta['record']}#{rw['prompt']}"
                 row_meta.update(key=key, kind="synthetic", n_tokens=rw["output_tokens"])
-                rows.append((rw["text"], f"{doc.id}#{rw['prompt']}", row_meta))
+                rows.append((rw["text"], key, row_meta))
             for text, row_id, row_meta in rows:
                 self.stat_update(row_meta["kind"])
                 yield Document(text=text, id=row_id, metadata={**shared, **row_meta, "row_pos": positions[shard]})
@@ -157,9 +162,9 @@ class ExplodeRows(PipelineStep):
 
 
 def split_of(document: Document, validation_share: float, seed: int) -> str:
-    """A seeded hash of the row's `source_id`, so an original and all its rewrites land in the same split: a
+    """A seeded hash of the row's input record, so an original and all its rewrites land in the same split: a
     held-out document is never trained on in another register."""
-    source = document.metadata.get("source_id") or document.id
+    source = document.metadata.get("record") or document.id
     draw = xxh3_64_intdigest(f"{seed}:split:{source}") / 2**64
     return "validation" if draw < validation_share else "train"
 

@@ -125,7 +125,7 @@ def test_kept_text_is_clean_and_hostile_ids_stay_data(run) -> None:
     result, _, _ = run
     rows = pq.read_table(result.layout.dataset / "data").to_pylist()
     assert rows and all("\x00" not in r["text"] for r in rows)
-    html = next((r for r in rows if r["id"] == "html"), None)
+    html = next((r for r in rows if r["source_id"] == "html"), None)
     if html is not None:  # raw HTML in a text field is text: it is not extracted, but it is not lost either
         assert "<p>" in html["text"]
     out = result.layout.out.resolve()

@@ -1,5 +1,6 @@
 """The stages after curate at any task count: the same result from one task or many, rows named by their input
-record (not by input ids, which files share), and a ledger that must account for every record read.
+record (not by input ids, which files share: a row's id is its record, the input id stays in `source_id`), and a
+ledger that must account for every record read.
 
 The LLM is tests/fake_llm.py through the real `vllm-server` engine, so runs can be compared row for row.
 """
@@ -89,10 +90,11 @@ def test_files_that_share_ids_lose_nothing_that_is_not_a_near_duplicate(wiki_tex
     assert len(ledger) == 7
     dropped = {k: r for k, r in ledger.items() if r["fate"] == "dropped"}
     assert list(dropped) == ["b.jsonl:4"] and dropped["b.jsonl:4"]["reason"] == "near_duplicate"
-    assert json.loads(dropped["b.jsonl:4"]["detail"])["duplicate_of"] == "1"
+    assert json.loads(dropped["b.jsonl:4"]["detail"])["duplicate_of"] == "a.jsonl:1"
     rows = pq.read_table(result.layout.dataset_data).to_pylist()
     assert sorted(r["source_record"] for r in rows) == sorted(k for k in ledger if k not in dropped)
-    assert sorted(r["id"] for r in rows) == ["1", "1", "2", "2", "3", "3"]  # input ids, colliding, all kept
+    assert sorted(r["id"] for r in rows) == sorted(k for k in ledger if k not in dropped)  # unique: the records
+    assert sorted(r["source_id"] for r in rows) == ["1", "1", "2", "2", "3", "3"]  # input ids, colliding, all kept
 
     # a record lost between curate and the ledger (here: removed from curate's output by hand) fails the run
     shard = next(result.layout.docs.glob("*.parquet"))

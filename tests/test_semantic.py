@@ -241,11 +241,11 @@ def test_stages_write_the_twin_and_similarity_to_the_ledger(
     # the Moa paraphrase as the rephrase stage's rewrite of its own source, in place of the planted copy
     truth = {row: source for row, source in truth.items() if row != "para:Moa"}
     rewrite_of_own = Document(
-        PARAPHRASES["Moa"], "wiki:Moa#wikipedia", metadata={"kind": "synthetic", "source_id": "wiki:Moa"}
+        PARAPHRASES["Moa"], "wiki:Moa#wikipedia", metadata={"kind": "synthetic", "record": "wiki:Moa"}
     )
     rows = [by_id[s] for s in sorted(set(truth.values()) | {"wiki:Moa"})] + [by_id[r] for r in truth]
     rows.append(rewrite_of_own)
-    rows = [Document(d.text, d.id, metadata={**d.metadata, "record": d.id}) for d in rows]
+    rows = [Document(d.text, d.id, metadata={"record": d.id, **d.metadata}) for d in rows]  # a rewrite: its source's
     config = SemanticDedupConfig(docs_per_cluster=8)
     kept, ledger = semantic_run([Document(d.text, d.id, metadata=dict(d.metadata)) for d in rows], tmp_path / "a",
                                 config, tasks=2)  # fmt: skip
