@@ -121,16 +121,17 @@ def cmd_prompts_list(args: argparse.Namespace) -> int:
 def cmd_prompts_render(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from rephrase.llm.prompts import load_prompts
+    from rephrase.llm.prompts import PromptError, find_prompt, load_prompts
     from rephrase.models import resolve_model
 
-    prompts = load_prompts(args.prompts_dir)
-    if args.name not in prompts:
-        print(f"unknown prompt {args.name!r}; known: {', '.join(prompts)}", file=sys.stderr)
+    try:
+        prompt = find_prompt(load_prompts(args.prompts_dir), args.name, args.prompts_dir)
+    except PromptError as e:
+        print(e, file=sys.stderr)
         return 2
     document = Path(args.doc).read_text(encoding="utf-8", errors="replace")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
-    messages = prompts[args.name].messages(document)
+    messages = prompt.messages(document)
     print(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     return 0
 
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-dir", default=str(REPO / "prompts"))
     p.set_defaults(func=cmd_prompts_list)
     p = prompts.add_parser("render", help="print the exact text the model receives (chat template applied)")
-    p.add_argument("name")
+    p.add_argument("name", help="a prompt as `prompts list` prints it (wikipedia@v1) or by name (wikipedia)")
     p.add_argument("--doc", required=True, help="a text file holding the document")
     p.add_argument("--prompts-dir", default=str(REPO / "prompts"))
     p.add_argument("--model", default="bundled:smollm2-135m", help="model whose chat template is applied")

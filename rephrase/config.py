@@ -9,6 +9,7 @@ thing whatever directory `rephrase` is started from.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,10 @@ class QualityConfig(Strict):
     )
 
 
+PROMPT_REF = re.compile(r"[A-Za-z0-9_.-]+(@v\d+)?")
+"""A prompt as a config names it: `wikipedia` or `wikipedia@v1`."""
+
+
 class RouteRule(Strict):
     min_score: float = Field(0.0, ge=0, le=1, description="Rule applies when min_score <= quality_score.")
     max_score: float = Field(1.0, ge=0, le=1, description="... and quality_score <= max_score.")
@@ -143,8 +148,25 @@ class RouteRule(Strict):
         "already predicts well: a rewrite that adds structure (diverse_qa, knowledge_list) teaches it more.",
     )
     action: Literal["drop", "keep", "rephrase"]
-    prompts: list[str] = Field(default_factory=list, description="Prompt names (prompts/*.yaml) for rephrase.")
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="Prompts (prompts/*.yaml) for rephrase, as `name` or `name@vN` (then the file must be version N, "
+        "as `rephrase prompts list` prints it).",
+    )
     keep_original: bool = Field(True, description="For rephrase: also keep the original text in the dataset.")
+
+    @field_validator("prompts")
+    @classmethod
+    def _refs(cls, refs: list[str]) -> list[str]:
+        bad = [r for r in refs if not PROMPT_REF.fullmatch(r)]
+        if bad:
+            raise ValueError(f"prompt(s) {bad}: expected a name or name@vN (e.g. wikipedia or wikipedia@v1)")
+        return refs
+
+    @property
+    def prompt_names(self) -> list[str]:
+        """The prompts without their pinned versions (rephrase.llm.prompts.select_prompts checks the pins)."""
+        return [r.split("@", 1)[0] for r in self.prompts]
 
     @model_validator(mode="after")
     def _check(self) -> RouteRule:

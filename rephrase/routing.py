@@ -47,7 +47,7 @@ class Router(BaseFilter):
         self.stat_update(f"action_{action}")
         if action == "drop":
             return False, "low_quality" if score is not None else "routed_drop"
-        doc.metadata["prompts"] = list(rule.prompts) if rule else []
+        doc.metadata["prompts"] = rule.prompt_names if rule else []
         doc.metadata["keep_original"] = rule.keep_original if rule and action == "rephrase" else True
         for prompt in doc.metadata["prompts"]:
             self.stat_update(f"prompt_{prompt}")

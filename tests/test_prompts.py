@@ -56,8 +56,32 @@ def test_edit_changes_hash_and_unknown_prompt_lists_known(tmp_path: Path) -> Non
     before = load_prompt(path).hash
     path.write_text("name: p\nversion: 1\ndescription: x\nuser: 'Rewrite clearly: {{ document }}'\n")
     assert load_prompt(path).hash != before
-    with pytest.raises(PromptError, match="known in"):
+    with pytest.raises(PromptError, match=r"unknown prompt 'nope' in routing rules; known: p@v1"):
         select_prompts(tmp_path, {"nope"})
+
+
+def test_a_prompt_is_named_the_same_everywhere(tmp_path: Path, capsys) -> None:
+    """`prompts list` prints wikipedia@v1: render, routing rules and the run take that or the bare name, and a
+    pinned version the file does not have is an error naming the file."""
+    from rephrase.cli import main
+    from rephrase.config import load_config
+
+    assert select_prompts(PROMPTS, {"wikipedia@v1", "qa"}).keys() == {"wikipedia", "qa"}
+    with pytest.raises(PromptError, match=r"prompt 'wikipedia@v7' in routing rules: wikipedia.yaml is wikipedia@v1"):
+        select_prompts(PROMPTS, {"wikipedia@v7"})
+    main(["prompts", "list"])
+    listed = capsys.readouterr().out.split()[0]
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The Nile is a river in Africa.")
+    assert main(["prompts", "render", listed, "--doc", str(doc)]) == 0
+    assert "The Nile is a river in Africa." in capsys.readouterr().out
+    assert main(["prompts", "render", "textbook@v9", "--doc", str(doc)]) == 2
+    assert "textbook.yaml is textbook@v1" in capsys.readouterr().err
+    rule = {"action": "rephrase", "prompts": ["wikipedia@v1"]}
+    cfg = load_config(PROMPTS.parent / "configs" / "demo.yaml", [], {"routing.rules": [rule]})
+    assert cfg.routing.rules[0].prompt_names == ["wikipedia"]
+    with pytest.raises(Exception, match="expected a name or name@vN"):
+        load_config(PROMPTS.parent / "configs" / "demo.yaml", [], {"routing.rules": [{**rule, "prompts": ["w@1"]}]})
 
 
 INJECTION = (

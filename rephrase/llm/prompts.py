@@ -124,10 +124,19 @@ def load_prompts(folder: str | Path) -> dict[str, Prompt]:
     return prompts
 
 
-def select_prompts(folder: str | Path, names: set[str]) -> dict[str, Prompt]:
-    """The prompts a run needs; an unknown name fails with the list of known ones."""
+def find_prompt(prompts: dict[str, Prompt], ref: str, where: str) -> Prompt:
+    """A prompt by `name` or `name@vN`; a pinned version must be the file's (a stale config is not run silently)."""
+    name, _, version = ref.partition("@")
+    if name not in prompts:
+        raise PromptError(f"unknown prompt {ref!r} in {where}; known: {', '.join(p.ref for p in prompts.values())}")
+    prompt = prompts[name]
+    if version and version != f"v{prompt.spec.version}":
+        raise PromptError(f"prompt {ref!r} in {where}: {prompt.path.name} is {prompt.ref}")
+    return prompt
+
+
+def select_prompts(folder: str | Path, refs: set[str]) -> dict[str, Prompt]:
+    """The prompts a run needs, by name; an unknown name or a pinned version the file does not have fails."""
     prompts = load_prompts(folder)
-    missing = sorted(names - set(prompts))
-    if missing:
-        raise PromptError(f"unknown prompt(s) {missing} in routing rules; known in {folder}: {sorted(prompts)}")
-    return {name: prompts[name] for name in sorted(names)}
+    chosen = [find_prompt(prompts, ref, "routing rules") for ref in sorted(refs)]
+    return {p.spec.name: p for p in sorted(chosen, key=lambda p: p.spec.name)}
