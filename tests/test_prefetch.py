@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from datatrove.data import Document
@@ -32,18 +31,25 @@ def test_an_upstream_error_reaches_the_task_after_the_documents_before_it() -> N
 
 
 def test_upstream_works_while_the_consumer_is_busy_and_stops_with_it() -> None:
+    """While the task holds one document, the thread reads `depth` more (and is then held by the full queue);
+    closing the stream stops the thread, which reads nothing more."""
     produced = []
+    ahead = threading.Event()
 
-    def slow_source():
+    def source():
         for i in range(1000):
             produced.append(i)
+            if len(produced) == 1 + 16:  # the one the task holds and a full queue behind it
+                ahead.set()
             yield Document(text="x", id=str(i))
 
-    stream = Prefetch(16).run(slow_source())
+    stream = Prefetch(16).run(source())
     next(stream)
-    time.sleep(0.3)  # the consumer "generates"; the thread fills the queue meanwhile
-    assert len(produced) >= 16
+    assert ahead.wait(timeout=60), f"the thread read only {len(produced)} documents while the task was busy"
     stream.close()
-    time.sleep(0.5)
-    assert len(produced) < 1000, "the producer kept reading after the task stopped"
+    for thread in threading.enumerate():
+        if thread.name == "rephrase-prefetch":
+            thread.join(timeout=60)  # a bound for a broken stop, not a measure: a stopped thread ends within 0.2 s
     assert not any(t.name == "rephrase-prefetch" and t.is_alive() for t in threading.enumerate())
+    # at most one document past a full queue: the one the thread was holding when the task stopped
+    assert len(produced) <= 1 + 16 + 1, "the producer kept reading after the task stopped"
