@@ -121,6 +121,7 @@ def cmd_prompts_list(args: argparse.Namespace) -> int:
 def cmd_prompts_render(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
+    from rephrase.llm.control import control_strings
     from rephrase.llm.prompts import PromptError, find_prompt, load_prompts
     from rephrase.models import resolve_model
 
@@ -131,7 +132,7 @@ def cmd_prompts_render(args: argparse.Namespace) -> int:
         return 2
     document = Path(args.doc).read_text(encoding="utf-8", errors="replace")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
-    messages = prompt.messages(document)
+    messages = prompt.messages(document, control_strings(tokenizer))
     print(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     return 0
 

@@ -18,6 +18,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rephrase.config import ValidatorConfig
+from rephrase.llm.control import neutralise
 
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
@@ -68,8 +69,11 @@ class Prompt:
     def ref(self) -> str:
         return f"{self.spec.name}@v{self.spec.version}"
 
-    def messages(self, document: str) -> list[dict[str, str]]:
-        """Chat messages for one document; the system message is omitted when the prompt has none."""
+    def messages(self, document: str, controls: tuple[str, ...] = ()) -> list[dict[str, str]]:
+        """Chat messages for one document; the system message is omitted when the prompt has none. `controls`
+        (rephrase.llm.control.control_strings of the engine's tokenizer) are neutralised in the document, so the
+        rendered prompt holds only the chat template's own control tokens, whatever the page says."""
+        document = neutralise(document, controls)
         msgs = [{"role": "system", "content": self._system.render(document=document).strip()}]
         msgs.append({"role": "user", "content": self._user.render(document=document).strip()})
         return [m for m in msgs if m["content"]]

@@ -30,6 +30,7 @@ from datatrove.utils.batching import batched
 from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
 from rephrase.llm.checkpoint import GenerationLog, outcome_key
 from rephrase.llm.chunking import Job, combine, split_document
+from rephrase.llm.control import control_strings
 from rephrase.llm.engine import Completion, Generation, Sampling
 from rephrase.llm.inflight import InFlight
 from rephrase.llm.progress import StageProgress, Totals
@@ -93,6 +94,7 @@ class RephraseStep(PipelineStep):
         from rephrase.models import resolve_model
 
         self._tokenizer = tokenizer(resolve_model(self.llm.model))
+        self._controls = control_strings(self._tokenizer)
         self._built: dict[str, list[Validator]] = {}
         self._engine_obj = None
         self._totals = Totals()
@@ -246,7 +248,7 @@ class RephraseStep(PipelineStep):
                 wanted = max(64, math.ceil(self.sampling.max_output_ratio * job.tokens))
                 limit = min(limit, 2 ** math.ceil(math.log2(wanted)))
             capped.append(dataclasses.replace(sampling, max_tokens=limit))
-        futures = self._engine_obj.submit([prompt.messages(job.text) for job in jobs], n, capped)
+        futures = self._engine_obj.submit([prompt.messages(job.text, self._controls) for job in jobs], n, capped)
         for job, future, seen in zip(jobs, futures, reasons, strict=True):
             inflight.add(_Request(batch, prompt, job, attempt, n, sampling, seen), future)
 
@@ -257,6 +259,8 @@ class RephraseStep(PipelineStep):
         executor test hung at pool shutdown; measured, cause inside torch or transformers not pinned down)."""
         checks = build_validators(self._checks(prompt))
         for check in checks:  # each one directly: select_round would skip the model checks for this copy
+            if hasattr(check, "use_controls"):
+                check.use_controls(self._controls)
             if hasattr(check, "prepare"):
                 check.prepare([sample])
             check(sample, Completion(sample, "stop", 0))

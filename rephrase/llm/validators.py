@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
+from rephrase.llm.control import find_control
 from rephrase.llm.engine import Completion
 from rephrase.registry import Registry
 
@@ -26,7 +27,9 @@ class Verdict:
 class Validator(Protocol):
     """A check may also define `prepare(texts)`: called once per generation round, before any `__call__`, with
     the sources and candidates it will judge, so a model-backed check can batch its work. Such a check only
-    judges candidates that passed every check without `prepare` (rephrase.llm.selection.select_round)."""
+    judges candidates that passed every check without `prepare` (rephrase.llm.selection.select_round).
+    A check may define `use_controls(controls)`: called once, before any `__call__`, with the engine tokenizer's
+    special-token strings (rephrase.llm.control)."""
 
     name: str
 
@@ -83,7 +86,6 @@ _META_PATTERNS = [
     r"\bi have (now )?(rewritten|rephrased|made (some )?changes|revised)",
     r"\b(in this|the) (rewritten|rephrased) (text|version)\b",
     r"\blet me know if\b",
-    r"<\|im_(start|end)\|>",
 ]
 _META = re.compile("|".join(f"(?:{p})" for p in _META_PATTERNS), re.IGNORECASE | re.MULTILINE)
 
@@ -98,12 +100,17 @@ class NoMetaText(Validator):
     """
 
     name = "no_meta_text"
+    controls: tuple[str, ...] = ()
+
+    def use_controls(self, controls: tuple[str, ...]) -> None:
+        self.controls = controls
 
     def __call__(self, source: str, candidate: Completion) -> Verdict:
+        if find_control(candidate.text, self.controls) is not None:  # anywhere in the text, whatever the format
+            return Verdict(False, 0.0, "meta_text")
         head_and_tail = candidate.text[:300] + "\n" + candidate.text[-300:]
         for match in _META.finditer(head_and_tail):
-            phrase = match.group(0).strip().lower()
-            if phrase.startswith("<|") or phrase not in source.lower():
+            if match.group(0).strip().lower() not in source.lower():
                 return Verdict(False, 0.0, "meta_text")
         return Verdict(True, 1.0)
 
