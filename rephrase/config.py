@@ -42,6 +42,12 @@ class RunConfig(Strict):
         "curate's output files; null: run.tasks. More tasks than curate tasks leaves some idle.",
     )
     seed: int = Field(0, description="Seeds sampling, mixing and anything random.")
+    progress_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Without a terminal (a Slurm log, nohup, CI), each LLM task logs a progress line this often: "
+        "documents, rewrites accepted, tokens, tok/s, ETA.",
+    )
     executor: Literal["local", "ray", "slurm"] = Field(
         "local",
         description="local: processes on this machine. ray: datatrove's Ray executor (a local cluster unless "

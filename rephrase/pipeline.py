@@ -97,6 +97,7 @@ def rephrase_step(cfg: Config, layout: Layout) -> RephraseStep:
         seed=cfg.run.seed,
         checkpoint_dir=str(layout.llm_checkpoints),
         server_log=str(layout.logs / "vllm-server.log"),
+        progress_interval_s=cfg.run.progress_interval_s,
     )
 
 

@@ -1,13 +1,16 @@
 """Live progress of the LLM stage: the one slow step, so the one a user watches.
 
-tqdm draws the bar only on a terminal (`disable=None`): a task's log file or a Slurm job's stderr gets no
-carriage-return noise, only the one-line summary logged when the task's documents are done. The total (and so
-the ETA) is shown only when the step is given a sized input; a datatrove stream has no length.
+On a terminal tqdm draws a bar (`disable=None`). Anywhere else (a Slurm job log, `nohup`, CI) a bar is noise, so
+the task logs one plain line every `interval_s` instead: documents done (of how many, when the input is sized),
+rewrites accepted, tokens in and out, output tok/s over the last interval and overall, and the ETA. `tail -f` on a
+job's log then says where the run is. The stage calls `tick()` whenever generations come back, so a line is due
+even while one large batch is still generating; the same summary line closes every task.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from datatrove.utils.logging import logger
@@ -20,21 +23,32 @@ class Totals:
 
     accepted: int = 0
     attempted: int = 0
+    input_tokens: int = 0
     output_tokens: int = 0
 
 
 class StageProgress:
-    def __init__(self, rank: int, total: int | None = None) -> None:
-        self.rank, self.start, self.docs = rank, time.perf_counter(), 0
+    def __init__(
+        self,
+        rank: int,
+        total: int | None = None,
+        interval_s: float = 60.0,
+        totals: Totals | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] = logger.info,
+    ) -> None:
+        self.rank, self.total, self.interval_s, self.clock, self.log = rank, total, interval_s, clock, log
+        self.start = self.last_at = clock()
+        self.docs, self.last_out = 0, 0
         self.bar = tqdm(
             desc=f"rephrase [task {rank}]", total=total, unit="doc", disable=None, dynamic_ncols=True, mininterval=1
         )
-        self.totals = Totals()
+        self.totals = totals or Totals()  # the stage's own object: tick() reads it between updates
 
     def update(self, docs: int, totals: Totals) -> None:
         """Advance by `docs` finished documents; `totals` are the task's running totals so far."""
         self.totals, self.docs = totals, self.docs + docs
-        elapsed = time.perf_counter() - self.start
+        elapsed = self.clock() - self.start
         self.bar.set_postfix(
             accepted=f"{totals.accepted}/{totals.attempted}" + (f" {_pct(totals)}" if totals.attempted else ""),
             out_tok=totals.output_tokens,
@@ -42,19 +56,47 @@ class StageProgress:
             refresh=False,
         )
         self.bar.update(docs)  # a disabled bar (no terminal) counts nothing, hence self.docs
+        self.tick()
+
+    def tick(self) -> None:
+        """Without a terminal: log a progress line if `interval_s` has passed since the last one."""
+        now = self.clock()
+        if not self.bar.disable or now - self.last_at < self.interval_s:
+            return
+        t, elapsed, window = self.totals, now - self.start, now - self.last_at
+        done = f"{self.docs}/{self.total}" if self.total else str(self.docs)
+        eta = "unknown (unsized input)"
+        if self.total and self.docs:
+            eta = _duration(elapsed / self.docs * (self.total - self.docs))
+        self.log(
+            f"rephrase [task {self.rank}]: {done} documents, {t.accepted}/{t.attempted} rewrites accepted, tokens in "
+            f"{t.input_tokens} out {t.output_tokens}, {(t.output_tokens - self.last_out) / window:.1f} out tok/s "
+            f"over the last {_duration(window)} ({t.output_tokens / elapsed:.1f} overall), "
+            f"{_duration(elapsed)} elapsed, ETA {eta}"
+        )
+        self.last_at, self.last_out = now, t.output_tokens
 
     def close(self) -> str:
         """Close the bar and log (and return) one line that reads the same on a terminal and in a log file."""
         self.bar.close()
-        t, elapsed = self.totals, time.perf_counter() - self.start
+        t, elapsed = self.totals, self.clock() - self.start
         line = (
             f"rephrase [task {self.rank}]: {self.docs} documents, {t.accepted}/{t.attempted} rewrites accepted"
             f"{f' ({_pct(t)})' if t.attempted else ''}, {t.output_tokens} output tokens in {elapsed:.1f} s"
             f" ({t.output_tokens / elapsed if elapsed > 0 else 0:.1f} tok/s)"
         )
-        logger.info(line)
+        self.log(line)
         return line
 
 
 def _pct(totals: Totals) -> str:
     return f"{100 * totals.accepted / totals.attempted:.1f}%"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -59,12 +59,14 @@ class RephraseStep(PipelineStep):
         seed: int,
         checkpoint_dir: str,
         server_log: str | None = None,
+        progress_interval_s: float = 60.0,
     ) -> None:
         super().__init__()
         self.llm, self.sampling, self.prompts = llm, sampling, prompts
         self.validator_configs = validators  # each built once as its config loaded: names and parameters hold
         self.batch_size, self.chunk_tokens, self.max_doc_tokens = batch_size, chunk_tokens, max_doc_tokens
         self.seed, self.checkpoint_dir, self.server_log = seed, checkpoint_dir, server_log
+        self.progress_interval_s = progress_interval_s
 
     def _checks(self, prompt: Prompt) -> list[ValidatorConfig]:
         return [*self.validator_configs, *prompt.spec.validators]
@@ -99,7 +101,8 @@ class RephraseStep(PipelineStep):
         self._engine_obj = None
         self._totals = Totals()
         log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
-        progress = StageProgress(rank, len(data) if isinstance(data, Sized) else None)
+        total = len(data) if isinstance(data, Sized) else None
+        progress = StageProgress(rank, total, self.progress_interval_s, self._totals)
         inflight: InFlight[_Request] = InFlight()
         batches = batched(data, self.batch_size)
         waiting: deque[_Batch] = deque()  # read and not yet yielded, in input order
@@ -116,6 +119,7 @@ class RephraseStep(PipelineStep):
                 if inflight.unjudged:
                     with self.track_time("batch"):
                         self._judge(inflight.take(), log, inflight)
+                    progress.tick()
                 yield from self._flush(waiting, progress)
         finally:
             if self._engine_obj is not None:  # nothing may still use the engine when the task ends
@@ -141,6 +145,7 @@ class RephraseStep(PipelineStep):
             sizes = [len(ids)] if len(chunks) == 1 else [len(self._tokenizer(c)["input_ids"]) for c in chunks]
             self.stat_update("chunks", value=len(chunks))
             self.stat_update("n_tokens_in", value=len(ids) * len(doc.metadata["prompts"]))
+            self._totals.input_tokens += len(ids) * len(doc.metadata["prompts"])
             for name in doc.metadata["prompts"]:
                 parts = enumerate(zip(chunks, sizes, strict=True))
                 batch.jobs[name] += [Job(doc, i, len(chunks), chunk, n) for i, (chunk, n) in parts]
@@ -161,7 +166,6 @@ class RephraseStep(PipelineStep):
             batch = waiting.popleft()
             for name, prompt_jobs in batch.jobs.items():
                 self._assemble(self.prompts[name], prompt_jobs)
-            self._totals.output_tokens = int(self.stats["output_tokens"].total)
             progress.update(len(batch.docs), self._totals)
             yield from batch.docs
 
@@ -300,6 +304,7 @@ class RephraseStep(PipelineStep):
         candidates = result.completions
         self.stat_update("candidates", value=len(candidates))
         self.stat_update("output_tokens", value=sum(c.output_tokens for c in candidates))
+        self._totals.output_tokens += sum(c.output_tokens for c in candidates)
         for reason, count in pick.failures.items():
             self.stat_update(f"rejected_{reason}", value=count)
         for verdicts in pick.verdicts:
