@@ -1,7 +1,15 @@
 """First filter after reading: every record the readers flagged, and every document too big to handle, leaves
-here with its reason, so later stages only ever see usable text."""
+here with its reason, so later stages only ever see usable text.
+
+A document's size is its text and its metadata as UTF-8 JSON: a record with a short text and a huge metadata field
+would otherwise carry megabytes through every stage into work/docs. The readers already refuse records past a few
+times `max_doc_bytes` (rephrase.readers), so HTML extraction, which runs before this check, never sees a page the
+reader had to hold whole in memory.
+"""
 
 from __future__ import annotations
+
+import json
 
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -24,6 +32,12 @@ class RecordCheck(BaseFilter):
             self.stat_update("nul_bytes_removed")
         if not doc.text.strip():
             return False, "empty_text"
-        if len(doc.text.encode("utf-8", errors="replace")) > self.max_doc_bytes:
+        if doc_bytes(doc) > self.max_doc_bytes:
             return False, "too_large"
         return True
+
+
+def doc_bytes(doc: Document) -> int:
+    """UTF-8 bytes of the text plus the metadata as work/docs stores it (`default=str` for parquet's dates)."""
+    meta = json.dumps(doc.metadata, ensure_ascii=False, default=str)
+    return len(doc.text.encode("utf-8", errors="replace")) + len(meta.encode("utf-8", errors="replace"))

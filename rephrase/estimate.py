@@ -84,20 +84,18 @@ class Estimate:
 
 
 def count_records(path: str, fmt: str) -> int:
-    """Records in one file as the readers count them, without parsing them: non-blank lines, the parquet footer,
-    WARC response and conversion records (headers only)."""
+    """Records in one file as the readers count them, without parsing them: the parquet footer, else
+    rephrase.readers.count_rows (non-blank lines, WARC records of the types with a ledger row)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
         return pq.ParquetFile(path).metadata.num_rows
     import fsspec
 
-    with fsspec.open(path, "rb", compression="infer") as f:
-        if fmt == "jsonl":  # blank lines are not records for the readers either
-            return sum(1 for line in f if line.strip())
-        from warcio.archiveiterator import ArchiveIterator
+    from rephrase.readers import count_rows
 
-        return sum(1 for r in ArchiveIterator(f) if r.rec_type in ("response", "conversion"))
+    with fsspec.open(path, "rb", compression="infer") as f:
+        return count_rows(f, fmt)
 
 
 def _tally(docs: Iterator[Document], seen: Counter, stage: str) -> Iterator[Document]:
@@ -112,7 +110,8 @@ def sample_records(cfg: Config, sources: list[SourceConfig], n: int, work: Path)
 
     for i, source in enumerate(sources):
         limit = n if source.limit < 0 else min(n, source.limit)
-        readers = build_readers(source, resolve_input_path(cfg, source.path), limit, work)
+        path = resolve_input_path(cfg, source.path)
+        readers = build_readers(source, path, limit, work, max_doc_bytes=cfg.input.max_doc_bytes)
         for doc in itertools.islice(itertools.chain.from_iterable(r.run(None, 0, 1) for r in readers), limit):
             doc.metadata["_source"] = i
             yield doc

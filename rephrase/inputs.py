@@ -1,10 +1,7 @@
-"""datatrove readers that account for every input record.
+"""Which files a source names, which reader reads each, and the step that chains them.
 
-datatrove's readers skip what they cannot parse: a malformed JSONL line is logged and dropped, a record without
-text is warned about once and then skipped silently, one invalid UTF-8 byte aborts the rest of a file, and a WARC
-response that is not decodable HTML vanishes. rephrase promises one ledger row per input record, so these readers
-turn every such record into a Document flagged with `metadata["bad_record"] = <reason>`; `RecordCheck` then drops
-it with that reason into the ledger. Everything else is datatrove's own reading path.
+The readers themselves (rephrase.readers) turn every record into a Document or a flagged placeholder with a
+reason; this module lists the files, shards them through a paths file, and counts what the readers read.
 """
 
 from __future__ import annotations
@@ -13,127 +10,20 @@ import glob
 import hashlib
 import os
 import posixpath
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
-from datatrove.pipeline.readers.warc import process_record
 
 from rephrase.config import Config, SourceConfig
+from rephrase.readers import READERS, BoundedReader, read_limit
 
-_MISSING = object()
 FORMAT_SUFFIXES = {
     "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".ndjson", ".ndjson.gz"),
     "parquet": (".parquet",),
     "warc": (".warc", ".warc.gz", ".warc.zst"),
 }
-
-
-def bad_record(record: str, reason: str, doc_id: object = None) -> Document:
-    """A placeholder Document for a record that could not become a real one; RecordCheck drops it with `reason`."""
-    return Document(
-        text="",
-        id=str(doc_id) if isinstance(doc_id, (str, int)) else record,
-        metadata={"record": record, "bad_record": reason},
-    )
-
-
-class _Accounted:
-    """Mixin over a datatrove disk reader: a record without usable text becomes a flagged Document, not None."""
-
-    text_key: str
-    id_key: str
-
-    def get_document_from_dict(self, data: dict, source_file: str, id_in_file: int | str) -> Document:
-        line = id_in_file + 1 if isinstance(id_in_file, int) else id_in_file
-        record = f"{source_file}:{line}"
-        text = data.get(self.text_key, _MISSING)
-        doc_id = data.get(self.id_key)
-        if text is _MISSING or text is None:
-            return bad_record(record, "missing_text", doc_id)
-        if not isinstance(text, str):
-            return bad_record(record, "text_not_a_string", doc_id)
-        if not text.strip():
-            return bad_record(record, "empty_text", doc_id)
-        if self.id_key not in data or not isinstance(doc_id, (str, int)):
-            data[self.id_key] = record
-        else:
-            data[self.id_key] = str(doc_id)
-        document = super().get_document_from_dict(data, source_file, id_in_file)
-        document.metadata["record"] = record
-        document.metadata.pop("file_path", None)
-        return document
-
-
-class AccountedJsonlReader(_Accounted, JsonlReader):
-    """Reads bytes and decodes line by line, so a bad line costs that line only, with a reason."""
-
-    def read_file(self, filepath: str) -> DocumentsPipeline:
-        line_no = 0
-        try:
-            with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
-                for line_no, raw in enumerate(f, start=1):
-                    if not raw.strip():
-                        self.stat_update("blank_lines")
-                        continue
-                    with self.track_time():
-                        doc = self._parse(raw, filepath, line_no)
-                    yield doc
-        except (EOFError, OSError, zlib.error) as e:
-            # truncated gzip/zstd: everything before is kept, the break itself gets a ledger row
-            self.stat_update("truncated_files")
-            yield bad_record(f"{filepath}:{line_no + 1}", f"unreadable_file:{type(e).__name__}")
-
-    def _parse(self, raw: bytes, filepath: str, line_no: int) -> Document:
-        record = f"{filepath}:{line_no}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return bad_record(record, "invalid_utf8")
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return bad_record(record, "malformed_json")
-        if not isinstance(data, dict):
-            return bad_record(record, "json_not_an_object")
-        data.pop("media", None)
-        return self.get_document_from_dict(data, filepath, line_no - 1)
-
-
-class AccountedParquetReader(_Accounted, ParquetReader):
-    pass
-
-
-class AccountedWarcReader(_Accounted, WarcReader):
-    """Like datatrove's WarcReader, but a response that is not decodable HTML is reported instead of skipped."""
-
-    def read_file(self, filepath: str) -> DocumentsPipeline:
-        from warcio.archiveiterator import ArchiveIterator
-
-        ri = -1
-        try:
-            with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
-                for ri, record in enumerate(ArchiveIterator(f)):
-                    if record.rec_type not in ("response", "conversion"):
-                        continue  # requests, warcinfo and metadata records are not documents
-                    with self.track_time():
-                        data = process_record(record)
-                    if data is None:
-                        yield bad_record(f"{filepath}:{ri + 1}", "warc_not_html_or_undecodable")
-                        continue
-                    doc = self.get_document_from_dict(data, filepath, ri)
-                    doc.metadata["content_type"] = "html"
-                    yield doc
-        except (EOFError, OSError, zlib.error, ValueError) as e:
-            self.stat_update("truncated_files")
-            yield bad_record(f"{filepath}:{ri + 2}", f"unreadable_file:{type(e).__name__}")
-
-
-READERS = {"jsonl": AccountedJsonlReader, "parquet": AccountedParquetReader, "warc": AccountedWarcReader}
 
 
 def detect_format(path: str) -> str | None:
@@ -185,8 +75,11 @@ def resolve_input_path(cfg: Config, path: str) -> str:
     return cfg.resolve(path)
 
 
-def build_readers(source: SourceConfig, path: str, limit: int, paths_dir: Path) -> list[PipelineStep]:
-    """One datatrove reader per format present in `path`, each restricted to exactly the matched files.
+def build_readers(
+    source: SourceConfig, path: str, limit: int, paths_dir: Path, *, max_doc_bytes: int
+) -> list[PipelineStep]:
+    """One datatrove reader per format present in `path`, each restricted to exactly the matched files, and each
+    that can bound its reads reading no record past `read_limit(max_doc_bytes)` (rephrase.readers).
 
     The file list is written to a paths file under the run's work folder, so every task shards the same list;
     a resumed run lists again, and a list that changed restarts curate (rephrase.resume).
@@ -207,15 +100,11 @@ def build_readers(source: SourceConfig, path: str, limit: int, paths_dir: Path) 
             root = protocol + posixpath.commonpath([posixpath.dirname(f.split("://", 1)[1]) for f in fmt_files])
         else:
             root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in fmt_files])
+        reader = READERS[fmt]
+        bound = {"read_limit": read_limit(max_doc_bytes)} if issubclass(reader, BoundedReader) else {}
         paths_file = _paths_file(paths_dir, root, fmt_files)
         readers.append(
-            READERS[fmt](
-                root,
-                paths_file=paths_file,
-                limit=limit,
-                text_key=source.text_key,
-                id_key=source.id_key,
-            )
+            reader(root, paths_file=paths_file, limit=limit, text_key=source.text_key, id_key=source.id_key, **bound)
         )
     return readers
 
@@ -233,7 +122,12 @@ def _paths_file(paths_dir: Path, root: str, files: list[str]) -> str:
 
 
 class ReadSources(PipelineStep):
-    """Chains the readers of every configured source; each reader shards its own files across tasks."""
+    """Chains the readers of every configured source; each reader shards its own files across tasks.
+
+    `total` counts the records read (the ledger's completeness check compares its rows with it); each reader's own
+    counters (blank lines, truncated files, skipped WARC record types) are merged in, since the executor only
+    saves the stats of the steps in the pipeline, and these readers run inside this one.
+    """
 
     name = "read"
     type = "📖 - READER"
@@ -249,3 +143,4 @@ class ReadSources(PipelineStep):
                 if doc.metadata.get("bad_record"):
                     self.stat_update(f"bad_{doc.metadata['bad_record'].split(':')[0]}")
                 yield doc
+            self.stats.stats = self.stats.stats + reader.stats.stats

@@ -79,7 +79,8 @@ def read_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     """Reading and every filter up to routing: the CPU half of curate."""
     readers = []
     for source in cfg.input.sources:
-        readers += build_readers(source, resolve_input_path(cfg, source.path), source.limit, layout.inputs)
+        path = resolve_input_path(cfg, source.path)
+        readers += build_readers(source, path, source.limit, layout.inputs, max_doc_bytes=cfg.input.max_doc_bytes)
     calibration = str(layout.calibration_file) if cfg.quality.scale == "percentile" else None
     return [ReadSources(readers)] + [step for _, step in filter_steps(cfg, str(layout.curate_ledger), calibration)]
 

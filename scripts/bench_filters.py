@@ -71,7 +71,9 @@ def rephrase_steps(path: Path, work: Path) -> list:
             "dedup": {"exact": False},
         }
     )
-    readers = build_readers(cfg.input.sources[0], str(path), -1, work / "inputs")
+    readers = build_readers(
+        cfg.input.sources[0], str(path), -1, work / "inputs", max_doc_bytes=cfg.input.max_doc_bytes
+    )
     return [ReadSources(readers)] + [step for _, step in filter_steps(cfg, str(work / "ledger"))]
 
 

@@ -39,7 +39,7 @@ def config(inputs: dict[str, Path], *overrides: str) -> Config:
 def test_count_records_matches_what_the_readers_yield(inputs: dict[str, Path]) -> None:
     for fmt in ("jsonl", "parquet", "warc"):
         path = inputs[fmt]
-        readers = build_readers(SourceConfig(path=str(path)), str(path), -1, inputs["tmp"] / fmt)
+        readers = build_readers(SourceConfig(path=str(path)), str(path), -1, inputs["tmp"] / fmt, max_doc_bytes=10**6)
         read = sum(1 for _ in ReadSources(readers).run(None, 0, 1))
         assert count_records(str(path), fmt) == read, fmt
     assert count_records(str(inputs["jsonl"]), "jsonl") == 33  # 30 texts + malformed + German + copy; blank skipped
