@@ -1,5 +1,9 @@
 """The dataset card (`dataset/README.md`): Hub YAML metadata plus what a reader needs to trust the data: the
-pipeline config, prompts with versions and hashes, the model, the filtering funnel and the achieved mix."""
+pipeline config, prompts with versions and hashes, the model, the filtering funnel and the achieved mix.
+
+The card is public once pushed: its config is the allowlisted `rephrase.card_config` section, sources and the model
+are named without local folders, and the finished text goes through `rephrase.redact` as a whole.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ import json
 from typing import TYPE_CHECKING
 
 import yaml
+
+from rephrase.card_config import card_config, prompt_hashes, public_model, public_path
+from rephrase.redact import redact
 
 if TYPE_CHECKING:
     from rephrase.config import Config
@@ -89,14 +96,14 @@ def write_card(cfg: Config, layout: Layout, stats: dict) -> None:
     funnel = "\n".join(f"| {k} | {v} |" for k, v in sorted(stats["drops"].items(), key=lambda kv: -kv[1]))
     fates = "\n".join(f"| {k} | {v} |" for k, v in stats["fates"].items())
     sources = "\n".join(
-        f"- `{src.path}`" + (f" (first {src.limit} records per task)" if src.limit >= 0 else "")
+        f"- `{public_path(src.path)}`" + (f" (first {src.limit} records per task)" if src.limit >= 0 else "")
         for src in cfg.input.sources
     )
     body = (
         f"""# {meta["pretty_name"]}
 
 Pretraining text curated and rephrased by rephrase: web documents filtered by language,
-heuristics and a fastText quality classifier; selected documents rewritten by `{cfg.rephrase.llm.model}`
+heuristics and a fastText quality classifier; selected documents rewritten by `{public_model(cfg.rephrase.llm.model)}`
 ({cfg.rephrase.llm.engine} engine) with rejection sampling; exact dedup over originals and rewrites; mixed by tokens.
 
 ## Rows
@@ -137,8 +144,9 @@ Rejections by validator: `{json.dumps(stats["llm"]["rejections"])}`.
 
 ## Pipeline config
 ```yaml
-{yaml.safe_dump(cfg.model_dump(exclude={"base_dir"}), sort_keys=False)}```
+{yaml.safe_dump(card_config(cfg, prompt_hashes(cfg)), sort_keys=False)}```
 """
     )
     layout.dataset.mkdir(parents=True, exist_ok=True)
-    (layout.dataset / "README.md").write_text("---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body)
+    card = "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + body
+    (layout.dataset / "README.md").write_text(redact(card))
