@@ -266,9 +266,22 @@ class LLMConfig(Strict):
     model: str = Field("bundled:smollm2-135m", description="Local folder, Hub id, or bundled:smollm2-135m.")
     engine_args: dict[str, Any] = Field(default_factory=dict, description="Passed to vllm.LLM / the server as-is.")
     server_url: str | None = Field(None, description="Existing OpenAI-compatible server; null starts one.")
+    api_key_env: str | None = Field(
+        None,
+        description="Environment variable holding the API key sent to server_url (e.g. OPENAI_API_KEY); null sends "
+        "none. A server rephrase starts gets a random key of its own.",
+    )
     request_timeout_s: float = Field(600, gt=0)
     max_concurrency: int = Field(64, ge=1)
     max_retries: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _key_needs_a_server_url(self) -> LLMConfig:
+        if self.api_key_env is not None and self.server_url is None:
+            raise ValueError(
+                f"api_key_env {self.api_key_env} is only sent to server_url; set server_url or api_key_env: null"
+            )
+        return self
 
 
 class RephraseConfig(Strict):

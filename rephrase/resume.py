@@ -21,7 +21,7 @@ from rephrase.layout import CURATE, REPHRASE, Layout
 from rephrase.pipeline import split_llm_stage
 
 # How a run talks to its engine or cluster: changing these never changes what curate produces.
-_LLM_TRANSPORT = {"server_url", "request_timeout_s", "max_concurrency", "max_retries"}
+_LLM_TRANSPORT = {"server_url", "api_key_env", "request_timeout_s", "max_concurrency", "max_retries"}
 
 
 def curate_parts(cfg: Config, prompt_hashes: dict[str, str]) -> dict[str, str]:

@@ -153,7 +153,9 @@ def engine_args(args: argparse.Namespace) -> dict:
     return {"dtype": args.dtype, "enforce_eager": args.enforce_eager, "max_model_len": args.max_model_len}
 
 
-def run_datatrove(server_url: str, model: str, leads: list[dict], prompt, args: argparse.Namespace, n: int) -> Run:
+def run_datatrove(
+    server_url: str, api_key: str, model: str, leads: list[dict], prompt, args: argparse.Namespace, n: int
+) -> Run:
     """datatrove's InferenceRunner against a running vLLM OpenAI server: n rollouts = n requests per document;
     then the rollouts are judged by rephrase's default validators (timed too: goodput needs the verdicts)."""
     from datatrove.data import Document
@@ -180,6 +182,7 @@ def run_datatrove(server_url: str, model: str, leads: list[dict], prompt, args: 
             server_type="endpoint",
             model_name_or_path=model,
             endpoint_url=server_url,
+            api_key=api_key,
             model_max_context=args.max_model_len,
             default_generation_params=params,
             rollouts_per_document=n,
@@ -215,10 +218,10 @@ def datatrove_runs(
     ns = [args.n] if args.stream else list(dict.fromkeys((args.n, 1)))
     runs: dict[tuple[str, int], list[Run]] = {("datatrove runner", n): [] for n in ns}
     with VLLMServer(model, served_model_name=model, engine_args=engine_args(args), seed=args.seed) as server:
-        run_datatrove(server.base_url, model, leads[:2], prompt, args, 1)  # warm-up
+        run_datatrove(server.base_url, server.api_key, model, leads[:2], prompt, args, 1)  # warm-up
         for repeat in range(1, args.repeats + 1):
             for key in runs:
-                run = run_datatrove(server.base_url, model, leads, prompt, args, key[1])
+                run = run_datatrove(server.base_url, server.api_key, model, leads, prompt, args, key[1])
                 runs[key].append(run)
                 print(f"  repeat {repeat} {run.path} n={run.n}: {run.output_tokens} tok in {run.seconds:.1f} s")
     return runs

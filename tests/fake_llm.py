@@ -9,7 +9,8 @@ A rewrite is the document's sentences in reverse order, a pure function of (docu
 index), so an interrupted and an uninterrupted run must produce the same dataset. Documents whose hash is 0 mod 4
 get a too-short first round ("OK.") and a real rewrite once resampled at a higher temperature, so resampling is
 exercised too. Every request is recorded (document key, temperature, n) so a test can tell which generations
-were asked for twice.
+were asked for twice, and the Authorization header of every request (models and chat) so a test can tell which
+credentials the client sent.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class FakeLLM:
     port: int = 0
     requests: list[Request] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # document keys of the requests `hang` held, as they arrived
+    authorizations: list[str | None] = field(default_factory=list)  # each request's Authorization header, or None
     _faults: list[tuple[str, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -151,6 +153,7 @@ class FakeLLM:
                     self.wfile.write(data)
 
             def do_GET(self) -> None:
+                fake.authorizations.append(self.headers.get("Authorization"))
                 if self.path.rstrip("/") == "/v1/models":
                     self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
                 elif self.path == "/health":
@@ -159,6 +162,7 @@ class FakeLLM:
                     self._send(404, {"error": {"message": self.path}})
 
             def do_POST(self) -> None:
+                fake.authorizations.append(self.headers.get("Authorization"))
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": self.path}})

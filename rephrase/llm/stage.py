@@ -80,6 +80,7 @@ class RephraseStep(PipelineStep):
             resolve_model(self.llm.model),
             engine_args=self.llm.engine_args,
             server_url=self.llm.server_url,
+            api_key_env=self.llm.api_key_env,
             request_timeout_s=self.llm.request_timeout_s,
             max_concurrency=self.llm.max_concurrency,
             max_retries=self.llm.max_retries,
