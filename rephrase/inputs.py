@@ -135,12 +135,37 @@ class ReadSources(PipelineStep):
     def __init__(self, readers: list[PipelineStep]) -> None:
         super().__init__()
         self.readers = readers
+        self.prefixes = record_prefixes(readers)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
-        for reader in self.readers:
+        for reader, prefix in zip(self.readers, self.prefixes, strict=True):
             for doc in reader.run(None, rank, world_size):
+                if prefix:
+                    doc.metadata["record"] = prefix + doc.metadata["record"]
                 self.stat_update("total")
                 if doc.metadata.get("bad_record"):
                     self.stat_update(f"bad_{doc.metadata['bad_record'].split(':')[0]}")
                 yield doc
             self.stats.stats = self.stats.stats + reader.stats.stats
+
+
+def record_prefixes(readers: list) -> list[str]:
+    """What goes before each reader's records (`file:line`, relative to the reader's folder) so that no two
+    readers name a record alike: nothing while their file names differ (one source keeps `part-0.jsonl:3`), else
+    each reader's folder relative to the folders' common root (`cc/part-0.jsonl:3`, `wiki/part-0.jsonl:3`; a file
+    name both hold would be one file, read twice), or the source's position across filesystems. The record is the
+    row's identity in the dataset and the ledger, so a collision would pair one document's outcome with another's.
+    A file named by two sources would be read twice: refused."""
+    names = [set(Path(r.paths_file).read_text(encoding="utf-8").split()) for r in readers]
+    roots = [(str(r.data_folder.fs.protocol), r.data_folder.path) for r in readers]
+    seen: dict[tuple, int] = {}
+    for i, ((protocol, root), files) in enumerate(zip(roots, names, strict=True)):
+        for f in files:
+            if seen.setdefault((protocol, posixpath.normpath(posixpath.join(root, f))), i) != i:
+                raise ValueError(f"input file {f} (in {root}) is named by two input sources: it would be read twice")
+    if all(a.isdisjoint(b) for i, a in enumerate(names) for b in names[i + 1 :]):
+        return [""] * len(readers)
+    if len({protocol for protocol, _ in roots}) > 1:
+        return [f"source{i}/" for i in range(len(readers))]
+    common = posixpath.commonpath([root for _, root in roots])
+    return ["" if (rel := posixpath.relpath(root, common)) == "." else f"{rel}/" for _, root in roots]

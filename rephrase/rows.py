@@ -66,7 +66,9 @@ class WorkWriter(ParquetWriter):
         super().__init__(folder, output_filename=name, schema=WORK_SCHEMA, batch_size=256, max_file_size=-1)
 
     def _default_adapter(self, document: Document) -> dict:
-        return {"id": document.id, "text": document.text, "meta": json.dumps(document.metadata, ensure_ascii=False)}
+        # default=str: input fields (metadata["input"]) may be Parquet timestamps, decimals or bytes
+        meta = json.dumps(document.metadata, ensure_ascii=False, default=str)
+        return {"id": document.id, "text": document.text, "meta": meta}
 
 
 def shard_of(path: str) -> str:

@@ -123,3 +123,60 @@ def test_docs_of_a_task_that_read_other_shards_keep_their_ledger(inputs: Path, t
     assert second.stats["fates"] == first.stats["fates"]
     assert len(pq.read_table(second.layout.dataset_data)) == len(pq.read_table(first.layout.dataset_data))
     assert sorted(p.name for p in second.layout.rows.glob("*.parquet")) == ["00000.parquet"]
+
+
+def test_two_sources_with_the_same_file_names_keep_every_record_apart(wiki_texts: list[str], tmp_path: Path) -> None:
+    """Two crawls, each a folder of part-0.jsonl ...: records are named under each source's folder, so every row
+    and ledger row is its own document's (not `part-0.jsonl:1` twice); naming one file twice is refused."""
+    texts = [t for t in wiki_texts if len(t.split()) > 60][:6]
+    for name, rows in {"cc": texts[:3], "wiki": texts[3:]}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    sets = ["routing.rules=[{action: keep}]", "mix.synthetic_share=null", "language.enabled=false", "heuristics=[]"]
+    sources = [{"path": str(tmp_path / "cc")}, {"path": str(tmp_path / "wiki" / "*.jsonl")}]
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml", sets, {"input.sources": sources, "run.output": str(tmp_path / "out")}
+    )
+    result = run_config(cfg)
+    records = sorted(r["record"] for r in result.read_ledger())
+    assert records == [f"{s}/part-0.jsonl:{i}" for s in ("cc", "wiki") for i in (1, 2, 3)]
+    rows = {r["id"]: r["text"] for r in pq.read_table(result.layout.dataset_data).to_pylist()}
+    assert rows == {f"{s}/part-0.jsonl:{i + 1}": t for s, part in (("cc", texts[:3]), ("wiki", texts[3:]))
+                    for i, t in enumerate(part)}  # fmt: skip
+
+    twice = load_config(
+        REPO / "configs" / "demo.yaml",
+        sets,
+        {
+            "input.sources": [*sources, {"path": str(tmp_path / "cc" / "part-0.jsonl")}],
+            "run.output": str(tmp_path / "b"),
+        },
+    )
+    with pytest.raises(ValueError, match=r"part-0.jsonl \(in .*cc\) is named by two input sources"):
+        run_config(twice)
+
+
+def test_parquet_input_fields_of_any_type_pass_through(wiki_texts: list[str], tmp_path: Path) -> None:
+    """A Parquet input with timestamp, decimal and binary columns beside its text: the run finishes with every
+    record accounted for (the work files hold metadata as JSON, which has no timestamp type)."""
+    import datetime
+    import decimal
+
+    texts = [t for t in wiki_texts if len(t.split()) > 60][:3]
+    table = pa.table(
+        {
+            "text": texts,
+            "crawled": [datetime.datetime(2024, 1, i + 1, tzinfo=datetime.UTC) for i in range(3)],
+            "price": pa.array([decimal.Decimal("1.50")] * 3, pa.decimal128(5, 2)),
+            "raw": [b"\x00\xff"] * 3,
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    sets = ["routing.rules=[{action: keep}]", "mix.synthetic_share=null", "language.enabled=false", "heuristics=[]"]
+    source = {"path": str(tmp_path / "in.parquet")}
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml", sets, {"input.sources": [source], "run.output": str(tmp_path / "o")}
+    )
+    result = run_config(cfg)
+    assert [r["fate"] for r in result.read_ledger()] == ["kept"] * 3
+    assert sorted(pq.read_table(result.layout.dataset_data).column("text").to_pylist()) == sorted(texts)
