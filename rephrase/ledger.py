@@ -64,6 +64,7 @@ LEDGER_SCHEMA = pa.schema(
     ]
 )
 BATCH = 10_000
+READ_BATCH = 1000
 QUALITY_BINS = 50
 
 
@@ -95,7 +96,7 @@ class LedgerWriter(ParquetWriter):
 
 def _rows(path: Path, columns: list[str] | None = None) -> Iterator[dict]:
     with pq.ParquetFile(path) as pf:
-        for batch in pf.iter_batches(batch_size=BATCH, columns=columns):
+        for batch in pf.iter_batches(batch_size=READ_BATCH, columns=columns):  # docs' meta holds their rewrites
             yield from batch.to_pylist()
 
 

@@ -8,6 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rephrase.calibrate import ensure_calibration
@@ -83,11 +84,20 @@ def reopen_failed_llm_tasks(layout: Layout, stage: str) -> list[int]:
         done = layout.logs / stage / "completions" / f"{rank:05d}"
         if not done.exists():  # an unfinished task reruns anyway, and a killed one may have left half a file
             continue
-        metas = pq.read_table(f, columns=["meta"]).column("meta").to_pylist()
-        if any('"llm_error"' in m for m in metas):
+        if _mentions(f, '"llm_error"'):
             done.unlink()
             reopened.append(rank)
     return reopened
+
+
+def _mentions(path: Path, needle: str) -> bool:
+    """Whether any document's metadata in a work/docs file holds `needle`, read a row group at a time (this runs
+    in the main process before every stage: it must not hold a shard)."""
+    with pq.ParquetFile(path) as pf:
+        for batch in pf.iter_batches(batch_size=1000, columns=["meta"]):
+            if pc.any(pc.match_substring(batch.column("meta"), needle)).as_py():
+                return True
+    return False
 
 
 def reset_post_curate(layout: Layout) -> None:
