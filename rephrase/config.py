@@ -88,7 +88,11 @@ class LanguageConfig(Strict):
 
 class HeuristicConfig(Strict):
     use: Literal["gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality"]
-    params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the datatrove filter.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="`definition: paper` (default: the paper's words and thresholds) or `datatrove` (datatrove's "
+        "filter exactly), and keyword arguments of the datatrove filter, which override either.",
+    )
 
     @field_validator("params")
     @classmethod
