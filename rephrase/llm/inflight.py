@@ -39,9 +39,17 @@ class InFlight(Generic[Request]):
                 self.busy_seconds += time.perf_counter() - self._since
         self._settled.put((request, future))
 
-    def take(self) -> list[tuple[Request, Future]]:
-        """Wait for the next settled request, then take every other one settled by now."""
-        taken = [self._settled.get()]
+    def take(self, stall_s: float | None = None) -> list[tuple[Request, Future]]:
+        """Wait for the next settled request, then take every other one settled by now. Engines settle every
+        future, on a dead engine too; `stall_s` is the backstop for one that hangs: a TimeoutError when nothing
+        comes back for that long."""
+        try:
+            taken = [self._settled.get(timeout=stall_s)]
+        except queue.Empty:
+            raise TimeoutError(
+                f"no request came back from the engine in {stall_s:.0f} s with {self.generating} generating: "
+                "the engine is hung"
+            ) from None
         while True:
             try:
                 taken.append(self._settled.get_nowait())

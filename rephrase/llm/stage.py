@@ -86,6 +86,7 @@ class RephraseStep(PipelineStep):
             max_retries=self.llm.max_retries,
             seed=self.seed,
             log_path=self.server_log,
+            record_dir=Path(self.checkpoint_dir) / "engines",
         )
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
@@ -119,7 +120,7 @@ class RephraseStep(PipelineStep):
                     yield from self._flush(waiting, progress)
                 if inflight.unjudged:
                     with self.track_time("batch"):
-                        self._judge(inflight.take(), log, inflight)
+                        self._judge(inflight.take(STALL_S), log, inflight)
                     progress.tick()
                 yield from self._flush(waiting, progress)
         finally:
@@ -340,6 +341,10 @@ class RephraseStep(PipelineStep):
         return False
 
 
+STALL_S = 1800.0
+"""Seconds with requests generating and none coming back before the task fails as hung: far past one request's
+generation on a CPU (minutes for a 64-document batch), and only a backstop, since engines settle every request,
+a dead engine's too."""
 MAX_BATCHES_HELD = 4
 """Batches read and not yet yielded: the engine gets the next batch while an older one waits for its last
 resample, and memory stays bounded."""

@@ -1,0 +1,249 @@
+"""A dead or refusing offline engine never leaves anyone waiting, and its processes never outlive the run.
+
+The loop tests run the real VLLMEngine over a stand-in for `vllm.LLM` whose `enqueue_chat` refuses or whose core
+dies, since a refusal cannot be provoked on demand; the slow tests kill the real EngineCore of the bundled
+SmolLM2-135M, idle and mid-task, and SIGKILL a real `rephrase run` (its main process only, not its group).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+from datatrove.data import Document
+
+from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
+from rephrase.llm.engine import EngineDied, Sampling, VLLMEngine, build_engine
+from rephrase.llm.inflight import InFlight
+from rephrase.llm.prompts import load_prompts
+from rephrase.llm.reaper import reap_leftovers
+from rephrase.llm.stage import RephraseStep
+from rephrase.models import BUNDLED_REF, resolve_model
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_ARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048}
+SAMPLING = Sampling(temperature=0.2, max_tokens=8)
+TEXT = (
+    "The Danube is the second-longest river in Europe. It flows through Central and Eastern Europe from the Black "
+    "Forest into the Black Sea and passes through ten countries, more than any other river in the world."
+)
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+class StandInLLM:
+    """What VLLMEngine uses of `vllm.LLM`: refuses conversations saying "refuse"; `die()` ends its core, after
+    which `enqueue_chat` raises and a `step` in progress blocks on the output queue, as vLLM 0.32's does."""
+
+    def __init__(self, model: str, seed: int = 0, **engine_args) -> None:
+        self.core = SimpleNamespace(name="EngineCore", pid=4242, exitcode=None)
+        outputs: queue.Queue = queue.Queue()
+        resources = SimpleNamespace(engine_manager=SimpleNamespace(processes=[self.core]), engine_dead=False)
+        engine_core = SimpleNamespace(resources=resources, outputs_queue=outputs, shutdown=lambda timeout=None: None)
+        self.llm_engine = SimpleNamespace(
+            model_config=SimpleNamespace(max_model_len=2048), engine_core=engine_core, step=self.step
+        )
+        self.added: list[str] = []
+        self.block = False
+
+    def die(self) -> None:
+        self.core.exitcode = -9
+
+    def enqueue_chat(self, conversations, params, use_tqdm=False) -> list[str]:
+        if self.core.exitcode is not None:
+            raise RuntimeError("EngineCore encountered an issue")
+        if any("refuse" in c[-1]["content"] for c in conversations):
+            raise ValueError("this request is refused")
+        ids = [f"{len(self.added) + i}-x" for i in range(len(conversations))]
+        self.added += [i.split("-")[0] for i in ids]
+        return ids
+
+    def step(self) -> list:
+        if self.block:
+            item = self.llm_engine.engine_core.outputs_queue.get()
+            raise item
+        done, self.added = self.added, []
+        text = SimpleNamespace(text="An answer.", finish_reason="stop", token_ids=[1, 2])
+        return [SimpleNamespace(request_id=rid, finished=True, outputs=[text]) for rid in done]
+
+
+@pytest.fixture
+def stand_in(monkeypatch: pytest.MonkeyPatch) -> VLLMEngine:
+    import vllm
+
+    monkeypatch.setattr(vllm, "LLM", StandInLLM)
+    engine = VLLMEngine(resolve_model(BUNDLED_REF))
+    yield engine
+    engine.close()
+
+
+def test_a_refused_request_is_that_conversations_error(stand_in: VLLMEngine) -> None:
+    out = stand_in.generate([ask("hello"), ask("refuse this"), ask("bye")], n=1, sampling=SAMPLING)
+    assert [g.error is None for g in out] == [True, False, True]
+    assert out[1].error.startswith("vllm_refused: ValueError")
+    assert out[0].completions[0].text == "An answer."
+
+
+def test_a_core_dead_while_idle_fails_the_requests_and_the_next_submit(stand_in: VLLMEngine) -> None:
+    stand_in.generate([ask("warm up")], n=1, sampling=SAMPLING)
+    stand_in.llm.die()
+    inflight: InFlight[int] = InFlight()
+    futures = stand_in.submit([ask("a"), ask("b")], n=1, sampling=SAMPLING)
+    for i, future in enumerate(futures):
+        inflight.add(i, future)
+    settled = []
+    while inflight.unjudged:
+        settled += inflight.take(stall_s=30)
+    assert all(isinstance(f.exception(), EngineDied) for _, f in settled) and len(settled) == 2
+    assert "EngineCore pid 4242 exited with code -9" in str(settled[0][1].exception())
+    with pytest.raises(EngineDied, match="vLLM offline engine"):
+        stand_in.submit([ask("c")], n=1, sampling=SAMPLING)
+
+
+def test_a_core_dead_mid_step_fails_the_requests_and_close_returns(stand_in: VLLMEngine) -> None:
+    stand_in.llm.block = True
+    futures = stand_in.submit([ask("a"), ask("b")], n=1, sampling=SAMPLING)
+    stand_in.llm.die()
+    assert all(isinstance(f.exception(timeout=30), EngineDied) for f in futures)
+    stand_in.close()
+    assert not stand_in._loop.is_alive()
+
+
+def test_the_stage_records_a_refusal_as_llm_error(stand_in: VLLMEngine, tmp_path: Path, monkeypatch) -> None:
+    step = RephraseStep(
+        LLMConfig(),
+        SamplingConfig(n=1, resample_rounds=0),
+        {"wikipedia": load_prompts(REPO / "prompts")["wikipedia"]},
+        [ValidatorConfig(use="not_empty")],
+        batch_size=4,
+        chunk_tokens=1000,
+        max_doc_tokens=5000,
+        seed=0,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+    )
+    monkeypatch.setattr(step, "_engine", lambda: stand_in)
+    meta = {"action": "rephrase", "prompts": ["wikipedia"]}
+    docs = [Document(text=t, id=k, metadata={**meta, "record": k}) for k, t in (("a", TEXT), ("b", TEXT + " refuse"))]
+    out = {d.id: d for d in step(docs)}
+    assert all(f["reason"] != "llm_error" for f in out["a"].metadata["rephrase_failures"])
+    failures = out["b"].metadata["rephrase_failures"]
+    assert failures[0]["reason"] == "llm_error" and failures[0]["detail"].startswith("vllm_refused")
+
+
+def test_a_rerun_stops_what_a_dead_owner_left_and_spares_a_live_owners(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    kept = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        entry = lambda pid: {"pid": pid, "create_time": psutil.Process(pid).create_time(), "name": "x"}  # noqa: E731
+        host = socket.gethostname()
+        dead_owner = {"owner": {"pid": gone.pid, "create_time": 0.0}, "processes": [entry(orphan.pid)]}
+        live_owner = {"owner": entry(os.getpid()), "processes": [entry(kept.pid)]}
+        (tmp_path / f"{host}-1.json").write_text(json.dumps(dead_owner))
+        (tmp_path / f"{host}-2.json").write_text(json.dumps(live_owner))
+        reap_leftovers(tmp_path)
+        assert orphan.wait(timeout=30) is not None and kept.poll() is None
+        assert [p.name for p in tmp_path.iterdir()] == [f"{host}-2.json"]
+    finally:
+        for p in (orphan, kept):
+            p.kill()
+            p.wait()
+
+
+def engine_processes(pid: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("VLLM::")]
+
+
+@pytest.mark.slow
+def test_a_real_core_killed_while_idle_fails_the_next_requests() -> None:
+    engine = build_engine("vllm", resolve_model(BUNDLED_REF), engine_args=CPU_ARGS)
+    try:
+        assert engine.generate([ask("Hi")], n=1, sampling=SAMPLING)[0].error is None
+        core = next(p for p in engine_processes(os.getpid()) if p.name() == "VLLM::EngineCore")
+        core.kill()
+        core.wait(timeout=30)
+        try:
+            futures = engine.submit([ask("Hello"), ask("Bye")], n=1, sampling=SAMPLING)
+        except EngineDied as e:  # the watch saw the death first
+            assert "vLLM offline engine" in str(e)
+        else:
+            for future in futures:
+                assert "vLLM offline engine" in str(future.exception(timeout=60))
+    finally:
+        engine.close()
+    assert psutil.wait_procs(engine_processes(os.getpid()), timeout=60)[1] == []
+
+
+@pytest.mark.slow
+def test_a_real_core_killed_mid_task_keeps_finished_work_and_the_rerun_completes(tmp_path: Path) -> None:
+    def step() -> RephraseStep:
+        return RephraseStep(
+            LLMConfig(engine="vllm", engine_args=CPU_ARGS),
+            SamplingConfig(n=1, max_tokens=24, resample_rounds=0),
+            {"wikipedia": load_prompts(REPO / "prompts")["wikipedia"]},
+            [ValidatorConfig(use="not_empty")],
+            batch_size=2,
+            chunk_tokens=1000,
+            max_doc_tokens=5000,
+            seed=0,
+            checkpoint_dir=str(tmp_path / "ckpt"),
+        )
+
+    meta = {"action": "rephrase", "prompts": ["wikipedia"]}
+    docs = [Document(text=f"{TEXT} ({i})", id=str(i), metadata={**meta, "record": f"r{i}"}) for i in range(40)]
+    log = tmp_path / "ckpt" / "00000.jsonl"
+
+    def kill_core_after_first_commit() -> None:
+        while not (log.exists() and log.stat().st_size):
+            time.sleep(0.05)
+        next(p for p in engine_processes(os.getpid()) if p.name() == "VLLM::EngineCore").kill()
+
+    killer = threading.Thread(target=kill_core_after_first_commit, daemon=True)
+    killer.start()
+    first = step()
+    with pytest.raises(EngineDied, match="vLLM offline engine"):
+        list(first(docs))
+    killer.join()
+    finished = len(log.read_text().splitlines())
+    assert 0 < finished < len(docs)
+    second = step()
+    assert len(list(second(docs))) == len(docs)
+    assert second.stats["replayed_from_checkpoint"].total == finished
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_run_process_alone_stops_its_engine(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "rephrase.cli", "run", str(REPO / "configs" / "demo.yaml"), "--output", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with (tmp_path / "run.log").open("wb") as log:
+        run = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=REPO)
+    try:
+        records = out / "work" / "llm_checkpoints" / "engines"
+        deadline = time.monotonic() + 600
+        while not list(records.glob("*.json")) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        engine = engine_processes(run.pid)
+        assert engine, (tmp_path / "run.log").read_text()[-3000:]
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        survivors = psutil.wait_procs(engine, timeout=60)[1]
+        assert survivors == [], f"engine processes outlived the killed run: {survivors}"
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
