@@ -56,6 +56,7 @@ class StandInLLM:
         )
         self.added: list[str] = []
         self.block = False
+        self.step_s = 0.0
 
     def die(self) -> None:
         self.core.exitcode = -9
@@ -70,6 +71,7 @@ class StandInLLM:
         return ids
 
     def step(self) -> list:
+        time.sleep(self.step_s)
         if self.block:
             item = self.llm_engine.engine_core.outputs_queue.get()
             raise item
@@ -93,6 +95,16 @@ def test_a_refused_request_is_that_conversations_error(stand_in: VLLMEngine) -> 
     assert [g.error is None for g in out] == [True, False, True]
     assert out[1].error.startswith("vllm_refused: ValueError")
     assert out[0].completions[0].text == "An answer."
+
+
+def test_a_submit_to_an_idle_loop_wakes_the_loop_not_only_the_watch(stand_in: VLLMEngine, monkeypatch) -> None:
+    """The watch thread waits on the loop's condition; a submit must wake the loop whatever order they wait in.
+    A slow first step puts the watch (waiting long) ahead of the idle loop: `notify()` woke only the watch."""
+    monkeypatch.setattr("rephrase.llm.engine.WATCH_S", 120.0)
+    stand_in.llm.step_s = 0.5
+    assert stand_in.generate([ask("first")], n=1, sampling=SAMPLING)[0].error is None
+    (later,) = stand_in.submit([ask("later")], n=1, sampling=SAMPLING)
+    assert later.result(timeout=60).completions[0].text == "An answer."
 
 
 def test_a_core_dead_while_idle_fails_the_requests_and_the_next_submit(stand_in: VLLMEngine) -> None:

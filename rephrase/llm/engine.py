@@ -244,7 +244,8 @@ class VLLMEngine(Submits, LazyTokenizer):
                 self._watch = threading.Thread(target=self._watch_core, name="vllm-engine-watch", daemon=True)
                 self._loop.start()
                 self._watch.start()
-            self._wake.notify()
+            # notify_all: the watch thread waits on this condition too, and notify() may wake only the watch
+            self._wake.notify_all()
         return futures
 
     def _run(self) -> None:
