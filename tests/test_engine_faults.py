@@ -20,11 +20,11 @@ from types import SimpleNamespace
 import psutil
 import pytest
 from datatrove.data import Document
+from stage_steps import wikipedia_step
 
-from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
+from rephrase.config import LLMConfig, SamplingConfig
 from rephrase.llm.engine import EngineDied, Sampling, VLLMEngine, build_engine
 from rephrase.llm.inflight import InFlight
-from rephrase.llm.prompts import load_prompts
 from rephrase.llm.reaper import reap_leftovers
 from rephrase.llm.stage import RephraseStep
 from rephrase.models import BUNDLED_REF, resolve_model
@@ -133,17 +133,7 @@ def test_a_core_dead_mid_step_fails_the_requests_and_close_returns(stand_in: VLL
 
 
 def test_the_stage_records_a_refusal_as_llm_error(stand_in: VLLMEngine, tmp_path: Path, monkeypatch) -> None:
-    step = RephraseStep(
-        LLMConfig(),
-        SamplingConfig(n=1, resample_rounds=0),
-        {"wikipedia": load_prompts(REPO / "prompts")["wikipedia"]},
-        [ValidatorConfig(use="not_empty")],
-        batch_size=4,
-        chunk_tokens=1000,
-        max_doc_tokens=5000,
-        seed=0,
-        checkpoint_dir=str(tmp_path / "ckpt"),
-    )
+    step = wikipedia_step(tmp_path / "ckpt")
     monkeypatch.setattr(step, "_engine", lambda: stand_in)
     meta = {"action": "rephrase", "prompts": ["wikipedia"]}
     docs = [Document(text=t, id=k, metadata={**meta, "record": k}) for k, t in (("a", TEXT), ("b", TEXT + " refuse"))]
@@ -204,17 +194,9 @@ def test_a_real_core_killed_while_idle_fails_the_next_requests() -> None:
 @pytest.mark.slow
 def test_a_real_core_killed_mid_task_keeps_finished_work_and_the_rerun_completes(tmp_path: Path) -> None:
     def step() -> RephraseStep:
-        return RephraseStep(
-            LLMConfig(engine="vllm", engine_args=CPU_ARGS),
-            SamplingConfig(n=1, max_tokens=24, resample_rounds=0),
-            {"wikipedia": load_prompts(REPO / "prompts")["wikipedia"]},
-            [ValidatorConfig(use="not_empty")],
-            batch_size=2,
-            chunk_tokens=1000,
-            max_doc_tokens=5000,
-            seed=0,
-            checkpoint_dir=str(tmp_path / "ckpt"),
-        )
+        llm = LLMConfig(engine="vllm", engine_args=CPU_ARGS)
+        sampling = SamplingConfig(n=1, max_tokens=24, resample_rounds=0)
+        return wikipedia_step(tmp_path / "ckpt", llm=llm, sampling=sampling, batch_size=2)
 
     meta = {"action": "rephrase", "prompts": ["wikipedia"]}
     docs = [Document(text=f"{TEXT} ({i})", id=str(i), metadata={**meta, "record": f"r{i}"}) for i in range(40)]

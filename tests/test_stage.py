@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from datatrove.data import Document
+from stage_steps import wikipedia_step
 
-from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
+from rephrase.config import SamplingConfig, ValidatorConfig
 from rephrase.llm.engine import Completion, Generation, resolved
-from rephrase.llm.prompts import load_prompts
 from rephrase.llm.stage import RephraseStep
 
-PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
 SOURCE = (
     "The Danube is the second-longest river in Europe. It flows through Central and Eastern Europe from the Black "
     "Forest into the Black Sea and passes through ten countries, more than any other river in the world."
@@ -53,17 +52,9 @@ class ScriptedEngine:
 def make_step(
     tmp_path: Path, engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch, sampling: SamplingConfig | None = None
 ) -> RephraseStep:
-    step = RephraseStep(
-        LLMConfig(),
-        sampling or SamplingConfig(n=2, resample_rounds=1),
-        {"wikipedia": load_prompts(PROMPTS)["wikipedia"]},
-        [ValidatorConfig(use="length_ratio"), ValidatorConfig(use="not_a_copy")],
-        batch_size=8,
-        chunk_tokens=1000,
-        max_doc_tokens=5000,
-        seed=0,
-        checkpoint_dir=str(tmp_path / "ckpt"),
-    )
+    sampling = sampling or SamplingConfig(n=2, resample_rounds=1)
+    validators = ["length_ratio", "not_a_copy"]
+    step = wikipedia_step(tmp_path / "ckpt", sampling=sampling, validators=validators, batch_size=8)
     monkeypatch.setattr(step, "_engine", lambda: engine)
     return step
 
