@@ -107,7 +107,7 @@ class TransformersScorer:
     row and the causal mask keeps padding out of real tokens' context, so a row scores as it would alone."""
 
     def __init__(self, model: str, engine_args: dict[str, Any], batch_tokens: int) -> None:
-        from rephrase.llm.engine import TransformersEngine
+        from rephrase.llm.transformers_engine import TransformersEngine
 
         self.engine = TransformersEngine(model, engine_args=engine_args)
         self.tokenizer, self.batch_tokens = self.engine.tokenizer, batch_tokens
@@ -145,7 +145,7 @@ class VLLMScorer:
     logprob of the token actually there; `max_tokens=1` because nothing needs generating."""
 
     def __init__(self, model: str, engine_args: dict[str, Any], seed: int, max_tokens: int) -> None:
-        from rephrase.llm.engine import VLLMEngine
+        from rephrase.llm.vllm_offline import VLLMEngine
 
         self.engine = VLLMEngine(model, engine_args=engine_args, seed=seed)
         self.tokenizer = self.engine.tokenizer

@@ -1,7 +1,7 @@
 """LLM stage throughput: rephrase's RephraseStep against raw vLLM offline, on the same prompts, engine and machine.
 
 Prompts: English Wikipedia leads from the bundled sample (rephrase.sample_data) rendered with the `wikipedia`
-prompt from prompts/. One `vllm.LLM` is built once (through rephrase.llm.engine.VLLMEngine, so both paths see the
+prompt from prompts/. One `vllm.LLM` is built once (through rephrase.llm.vllm_offline.VLLMEngine, so both paths see the
 same engine arguments, seed and CPU environment) and shared:
   raw vLLM   `llm.chat(conversations, SamplingParams(n, temperature, top_p, max_tokens))`, one call, our code unused
   rephrase   RephraseStep.run over datatrove Documents routed to `rephrase` (tokenizer, chunking, prompt render,
@@ -130,8 +130,8 @@ def run_rephrase(
             max_doc_tokens=defaults.max_doc_tokens,
             seed=args.seed,
             checkpoint_dir=checkpoint_dir,
+            engine=lambda: engine,  # share the loaded engine instead of a second 40 s start
         )
-        step._engine = lambda: engine  # share the loaded engine instead of a second 40 s start
         start = time.perf_counter()
         for _ in step.run(iter(docs)):
             pass
@@ -272,8 +272,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    from rephrase.llm.engine import VLLMEngine, cpu_env_defaults, render
+    from rephrase.llm.engine import render
     from rephrase.llm.prompts import load_prompts
+    from rephrase.llm.vllm_cpu import cpu_env_defaults
+    from rephrase.llm.vllm_offline import VLLMEngine
     from rephrase.models import resolve_model
 
     cpu_env_defaults()  # VLLM_CPU_NUM_OF_RESERVED_CPU=0, VLLM_CPU_KVCACHE_SPACE=2 unless set (CPU only)

@@ -3,9 +3,11 @@ test varies (engine config, sampling, validators, batch size) as arguments."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
+from rephrase.llm.engine import Engine
 from rephrase.llm.prompts import load_prompts
 from rephrase.llm.stage import RephraseStep
 
@@ -19,6 +21,7 @@ def wikipedia_step(
     sampling: SamplingConfig | None = None,
     validators: list[str] = ("not_empty",),
     batch_size: int = 4,
+    engine: Callable[[], Engine] | None = None,
 ) -> RephraseStep:
     return RephraseStep(
         llm or LLMConfig(),
@@ -30,4 +33,5 @@ def wikipedia_step(
         max_doc_tokens=5000,
         seed=0,
         checkpoint_dir=str(checkpoints),
+        engine=engine,
     )

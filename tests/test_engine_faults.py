@@ -25,10 +25,12 @@ from datatrove.data import Document
 from stage_steps import wikipedia_step
 
 from rephrase.config import LLMConfig, SamplingConfig
-from rephrase.llm.engine import EngineDied, Sampling, VLLMEngine, build_engine
+from rephrase.llm.engine import EngineDied, Sampling
+from rephrase.llm.factory import build_engine
 from rephrase.llm.inflight import InFlight
 from rephrase.llm.reaper import reap_leftovers
 from rephrase.llm.stage import RephraseStep
+from rephrase.llm.vllm_offline import VLLMEngine
 from rephrase.models import BUNDLED_REF, resolve_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,7 +104,7 @@ def test_a_refused_request_is_that_conversations_error(stand_in: VLLMEngine) -> 
 def test_a_submit_to_an_idle_loop_wakes_the_loop_not_only_the_watch(stand_in: VLLMEngine, monkeypatch) -> None:
     """The watch thread waits on the loop's condition; a submit must wake the loop whatever order they wait in.
     A slow first step puts the watch (waiting long) ahead of the idle loop: `notify()` woke only the watch."""
-    monkeypatch.setattr("rephrase.llm.engine.WATCH_S", 120.0)
+    monkeypatch.setattr("rephrase.llm.vllm_offline.WATCH_S", 120.0)
     stand_in.llm.step_s = 0.5
     assert stand_in.generate([ask("first")], n=1, sampling=SAMPLING)[0].error is None
     (later,) = stand_in.submit([ask("later")], n=1, sampling=SAMPLING)
@@ -134,9 +136,8 @@ def test_a_core_dead_mid_step_fails_the_requests_and_close_returns(stand_in: VLL
     assert not stand_in._loop.is_alive()
 
 
-def test_the_stage_records_a_refusal_as_llm_error(stand_in: VLLMEngine, tmp_path: Path, monkeypatch) -> None:
-    step = wikipedia_step(tmp_path / "ckpt")
-    monkeypatch.setattr(step, "_engine", lambda: stand_in)
+def test_the_stage_records_a_refusal_as_llm_error(stand_in: VLLMEngine, tmp_path: Path) -> None:
+    step = wikipedia_step(tmp_path / "ckpt", engine=lambda: stand_in)
     meta = {"action": "rephrase", "prompts": ["wikipedia"]}
     docs = [Document(text=t, id=k, metadata={**meta, "record": k}) for k, t in (("a", TEXT), ("b", TEXT + " refuse"))]
     out = {d.id: d for d in step(docs)}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from rephrase.llm.engine import Engine, Sampling, build_engine
+from rephrase.llm.engine import Engine, Sampling
+from rephrase.llm.factory import build_engine
 from rephrase.llm.openai_engine import OpenAIServerEngine
 from rephrase.llm.prompts import load_prompts
 from rephrase.llm.server import ServerError, ServerOptions, VLLMServer, engine_args_to_flags

@@ -12,7 +12,8 @@ from fake_llm import FakeLLM
 from rephrase.card import write_card
 from rephrase.config import ConfigError, load_config
 from rephrase.layout import Layout
-from rephrase.llm.engine import Sampling, build_engine
+from rephrase.llm.engine import Sampling
+from rephrase.llm.factory import build_engine
 from rephrase.llm.prompts import load_prompt
 from rephrase.llm.server import ServerError, VLLMServer
 from rephrase.redact import REDACTED, is_secret_name, redact

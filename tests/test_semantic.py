@@ -3,7 +3,8 @@
 Positives (each row must be dropped as a duplicate of its source lead):
 - 8 honest human paraphrases: the same facts in new sentences and order, written for this test;
 - 4 rewrites by the bundled SmolLM2-135M-Instruct (prompts/wikipedia.yaml v1, greedy, at most 300 new tokens),
-  generated once with rephrase.llm.engine.TransformersEngine and pasted below, as the rephrase stage makes them;
+  generated once with rephrase.llm.transformers_engine.TransformersEngine and pasted below, as the rephrase stage
+  makes them;
 - 4 scraper copies: the lead under a site banner with its last sentence cut.
 Negatives (must survive): 200 unrelated leads and 17 real leads on subjects close to a source (Du Fu / Li Bai,
 Moa / Emu, Ultrasound / Medical ultrasound, ...), the hardest pairs distinct articles make.

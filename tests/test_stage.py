@@ -49,14 +49,12 @@ class ScriptedEngine:
         pass
 
 
-def make_step(
-    tmp_path: Path, engine: ScriptedEngine, monkeypatch: pytest.MonkeyPatch, sampling: SamplingConfig | None = None
-) -> RephraseStep:
+def make_step(tmp_path: Path, engine: ScriptedEngine, sampling: SamplingConfig | None = None) -> RephraseStep:
     sampling = sampling or SamplingConfig(n=2, resample_rounds=1)
     validators = ["length_ratio", "not_a_copy"]
-    step = wikipedia_step(tmp_path / "ckpt", sampling=sampling, validators=validators, batch_size=8)
-    monkeypatch.setattr(step, "_engine", lambda: engine)
-    return step
+    return wikipedia_step(
+        tmp_path / "ckpt", sampling=sampling, validators=validators, batch_size=8, engine=lambda: engine
+    )
 
 
 def docs() -> list[Document]:
@@ -68,14 +66,14 @@ def docs() -> list[Document]:
     ] + [Document(text=SOURCE + " kept", id="k", metadata={"record": "f:9", "action": "keep", "prompts": []})]
 
 
-def test_resample_only_failed_documents_then_checkpoint_replay(tmp_path, monkeypatch) -> None:
+def test_resample_only_failed_documents_then_checkpoint_replay(tmp_path) -> None:
     engine = ScriptedEngine(
         [
             [[GOOD, SOURCE], [SOURCE, SOURCE], "server said 503"],  # d1 all copies, d2 engine error
             [[GOOD, "tiny"]],  # resample round for d1 only
         ]
     )
-    out = list(make_step(tmp_path, engine, monkeypatch).run(iter(docs())))
+    out = list(make_step(tmp_path, engine).run(iter(docs())))
     assert engine.calls == [(3, 0.7), (1, pytest.approx(0.8))]
     d0, d1, d2, k = out
     assert d0.metadata["rewrites"][0]["attempts"] == 1 and d1.metadata["rewrites"][0]["attempts"] == 2
@@ -84,7 +82,7 @@ def test_resample_only_failed_documents_then_checkpoint_replay(tmp_path, monkeyp
 
     # rerun of the task: finished outcomes replay, only the engine error goes back to the model
     engine2 = ScriptedEngine([[[GOOD, GOOD]]])
-    step2 = make_step(tmp_path, engine2, monkeypatch)
+    step2 = make_step(tmp_path, engine2)
     out2 = list(step2.run(iter(docs())))
     assert engine2.calls == [(1, 0.7)]
     assert step2.stats["replayed_from_checkpoint"].total == 2
@@ -92,14 +90,14 @@ def test_resample_only_failed_documents_then_checkpoint_replay(tmp_path, monkeyp
     assert out2[1].metadata["rewrites"][0]["text"] == GOOD
 
 
-def test_all_rounds_failing_records_the_reasons(tmp_path, monkeypatch) -> None:
+def test_all_rounds_failing_records_the_reasons(tmp_path) -> None:
     engine = ScriptedEngine([[[SOURCE, "x"]] * 3, [[SOURCE, SOURCE]] * 3])
-    out = list(make_step(tmp_path, engine, monkeypatch).run(iter(docs()[:3])))
+    out = list(make_step(tmp_path, engine).run(iter(docs()[:3])))
     reasons = out[0].metadata["rephrase_failures"][0]["reason"].split(",")
     assert set(reasons) == {"copy_of_source", "length_ratio_low"} and reasons[0] == "copy_of_source"
 
 
-def test_long_document_chunks_rewritten_and_reassembled_in_order(tmp_path, monkeypatch) -> None:
+def test_long_document_chunks_rewritten_and_reassembled_in_order(tmp_path) -> None:
     paragraphs = [f"Section {i}. " + SOURCE for i in range(6)]
     doc = Document(
         text="\n\n".join(paragraphs),
@@ -119,7 +117,7 @@ def test_long_document_chunks_rewritten_and_reassembled_in_order(tmp_path, monke
                 out.append(Generation([Completion(" ".join(f"{s}: {GOOD}" for s in sections), "stop", 50)] * n))
             return out
 
-    step = make_step(tmp_path, EchoEngine([]), monkeypatch)
+    step = make_step(tmp_path, EchoEngine([]))
     step.chunk_tokens = 120
     (out,) = list(step.run(iter([doc])))
     rewrite = out.metadata["rewrites"][0]
@@ -129,24 +127,24 @@ def test_long_document_chunks_rewritten_and_reassembled_in_order(tmp_path, monke
     assert len(json.loads(rewrite["validators"])) == rewrite["chunks"]
 
 
-def test_document_over_hard_limit_is_not_rewritten(tmp_path, monkeypatch) -> None:
+def test_document_over_hard_limit_is_not_rewritten(tmp_path) -> None:
     doc = Document(
         text=SOURCE * 20, id="huge", metadata={"record": "f:1", "action": "rephrase", "prompts": ["wikipedia"]}
     )
     engine = ScriptedEngine([])
-    step = make_step(tmp_path, engine, monkeypatch)
+    step = make_step(tmp_path, engine)
     step.max_doc_tokens = 100
     (out,) = list(step.run(iter([doc])))
     assert out.metadata["rephrase_failures"][0]["reason"] == "too_long" and engine.calls == []
 
 
-def test_adaptive_resampling_draws_more_only_for_failed_documents(tmp_path, monkeypatch) -> None:
+def test_adaptive_resampling_draws_more_only_for_failed_documents(tmp_path) -> None:
     """n=1 first; only the failed document gets resample_n=3 more candidates, in one request."""
     engine = ScriptedEngine([[[GOOD], [SOURCE], [GOOD]], [[SOURCE, "tiny", GOOD]]])
     listed = docs()[:3]
     for doc, bucket in zip(listed, (2, 7, 7), strict=True):
         doc.metadata["quality_bucket"] = bucket
-    step = make_step(tmp_path, engine, monkeypatch, SamplingConfig(n=1, resample_rounds=1, resample_n=3))
+    step = make_step(tmp_path, engine, SamplingConfig(n=1, resample_rounds=1, resample_n=3))
     out = list(step.run(iter(listed)))
     assert engine.calls == [(3, 0.7), (1, pytest.approx(0.8))] and engine.ns == [1, 3]
     assert [len(d.metadata["rewrites"]) for d in out] == [1, 1, 1]
@@ -157,19 +155,19 @@ def test_adaptive_resampling_draws_more_only_for_failed_documents(tmp_path, monk
     assert (step.stats["bucket_accepted_2"].total, step.stats["bucket_accepted_7"].total) == (1, 2)
 
 
-def test_acceptance_is_counted_per_prompt_and_bucket(tmp_path, monkeypatch) -> None:
+def test_acceptance_is_counted_per_prompt_and_bucket(tmp_path) -> None:
     engine = ScriptedEngine([[[GOOD, GOOD], [SOURCE, SOURCE], [GOOD, SOURCE]], [[SOURCE, SOURCE]]])
     listed = docs()[:3]
     for doc in listed:
         doc.metadata["quality_bucket"] = 4
-    step = make_step(tmp_path, engine, monkeypatch)
+    step = make_step(tmp_path, engine)
     list(step.run(iter(listed)))
     stats = step.stats
     for key in ("prompt_{}_wikipedia", "bucket_{}_4"):
         assert [stats[key.format(o)].total for o in ("attempted", "accepted", "failed")] == [3, 2, 1]
 
 
-def test_summary_reports_acceptance_per_prompt_and_bucket_with_chunks(tmp_path, monkeypatch) -> None:
+def test_summary_reports_acceptance_per_prompt_and_bucket_with_chunks(tmp_path) -> None:
     """What stats.json shows under llm.by_prompt / llm.by_bucket, from the step's own counters; the long
     document counts once as a document and once per chunk, and the task's last log line says the same."""
     from datatrove.utils.logging import logger
@@ -185,7 +183,7 @@ def test_summary_reports_acceptance_per_prompt_and_bucket_with_chunks(tmp_path, 
     )
     listed = [*docs()[:2], long]
     listed[0].metadata["quality_bucket"] = listed[1].metadata["quality_bucket"] = 4
-    step = make_step(tmp_path, engine, monkeypatch)
+    step = make_step(tmp_path, engine)
     step.chunk_tokens = 60
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
@@ -219,7 +217,7 @@ def test_a_torn_checkpoint_line_is_cut_so_the_next_entry_survives(tmp_path) -> N
     assert (len(reread), reread.get("c")) == (2, {"failure": "y"})
 
 
-def test_requests_join_the_running_engine_without_waiting_for_a_call_to_end(tmp_path, monkeypatch) -> None:
+def test_requests_join_the_running_engine_without_waiting_for_a_call_to_end(tmp_path) -> None:
     """The engine must not idle at call boundaries. This engine answers some requests only once the stage has sent
     another: document 1's first candidate waits until document 0's resample was submitted (a failed document is
     resampled while the rest of its batch still generates), and that resample waits until the next batch was
@@ -246,7 +244,7 @@ def test_requests_join_the_running_engine_without_waiting_for_a_call_to_end(tmp_
                 entry[1].set_result(entry[2])
             return futures
 
-    step = make_step(tmp_path, Engine([]), monkeypatch, SamplingConfig(n=1, resample_rounds=1))
+    step = make_step(tmp_path, Engine([]), SamplingConfig(n=1, resample_rounds=1))
     step.batch_size = 2
     batch = [
         Document(
@@ -287,7 +285,7 @@ def test_tasks_of_one_process_load_the_models_once(tmp_path, monkeypatch) -> Non
 
     outs = []
     for rank in (0, 1):
-        step = make_step(tmp_path / str(rank), ScriptedEngine([[[GOOD], [GOOD], [GOOD]]]), monkeypatch)
+        step = make_step(tmp_path / str(rank), ScriptedEngine([[[GOOD], [GOOD], [GOOD]]]))
         step.validator_configs = [ValidatorConfig(use="same_language"), ValidatorConfig(use="faithful")]
         outs.append(list(step.run(iter(docs()), rank=rank)))
     # the stage's tokenizer, MiniLM's tokenizer and model, lid.176: each loaded by the first task only
@@ -296,7 +294,7 @@ def test_tasks_of_one_process_load_the_models_once(tmp_path, monkeypatch) -> Non
     assert len(scores[0]) == 3 and scores[0] == scores[1]
 
 
-def test_an_engine_that_dies_keeps_what_it_finished(tmp_path, monkeypatch) -> None:
+def test_an_engine_that_dies_keeps_what_it_finished(tmp_path) -> None:
     """A dead engine (its loop failed) fails the futures it held: the task stops with that error, but the
     rewrites that came back in the same round are judged and checkpointed first, so the rerun does not redo them."""
     from concurrent.futures import Future
@@ -307,11 +305,11 @@ def test_an_engine_that_dies_keeps_what_it_finished(tmp_path, monkeypatch) -> No
             dead.set_exception(RuntimeError("engine core died"))
             return [resolved(Generation([Completion(GOOD, "stop", 40)])), dead, dead]
 
-    step = make_step(tmp_path, Dying([]), monkeypatch)
+    step = make_step(tmp_path, Dying([]))
     with pytest.raises(RuntimeError, match="engine core died"):
         list(step.run(iter(docs())))
     engine2 = ScriptedEngine([[[GOOD, GOOD], [GOOD, GOOD]]])
-    step2 = make_step(tmp_path, engine2, monkeypatch)
+    step2 = make_step(tmp_path, engine2)
     out = list(step2.run(iter(docs())))
     assert engine2.calls == [(2, 0.7)] and step2.stats["replayed_from_checkpoint"].total == 1
     assert [len(d.metadata["rewrites"]) for d in out] == [1, 1, 1, 0]

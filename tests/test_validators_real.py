@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from rephrase.llm.engine import Completion, Sampling, build_engine
+from rephrase.llm.engine import Completion, Sampling
+from rephrase.llm.factory import build_engine
 from rephrase.llm.prompts import load_prompts
 from rephrase.llm.validators import VALIDATORS, Validator
 from rephrase.models import BUNDLED_REF, resolve_model

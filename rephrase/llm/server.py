@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from rephrase.llm.engine import cpu_env_defaults
+from rephrase.llm.vllm_cpu import cpu_env_defaults
 from rephrase.redact import is_secret_name
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict, deque
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from rephrase.config import LLMConfig, SamplingConfig, ValidatorConfig
 from rephrase.llm.checkpoint import GenerationLog, outcome_key
 from rephrase.llm.chunking import Job, combine, split_document
 from rephrase.llm.control import control_strings
-from rephrase.llm.engine import Completion, Generation, Sampling
+from rephrase.llm.engine import Completion, Engine, Generation, Sampling
 from rephrase.llm.inflight import InFlight
 from rephrase.llm.progress import StageProgress, Totals
 from rephrase.llm.prompts import Prompt
@@ -60,21 +60,28 @@ class RephraseStep(PipelineStep):
         checkpoint_dir: str,
         server_log: str | None = None,
         progress_interval_s: float = 60.0,
+        *,
+        engine: Callable[[], Engine] | None = None,
     ) -> None:
+        """`engine` builds the task's engine (called once per task, closed when it ends); by default the one `llm`
+        names. Tests and benchmarks pass their own here: a scripted engine, or one already loaded."""
         super().__init__()
         self.llm, self.sampling, self.prompts = llm, sampling, prompts
         self.validator_configs = validators  # each built once as its config loaded: names and parameters hold
         self.batch_size, self.chunk_tokens, self.max_doc_tokens = batch_size, chunk_tokens, max_doc_tokens
         self.seed, self.checkpoint_dir, self.server_log = seed, checkpoint_dir, server_log
         self.progress_interval_s = progress_interval_s
+        self.engine_factory = engine
 
     def _checks(self, prompt: Prompt) -> list[ValidatorConfig]:
         return [*self.validator_configs, *prompt.spec.validators]
 
-    def _engine(self):
-        from rephrase.llm.engine import build_engine
+    def _engine(self) -> Engine:
+        from rephrase.llm.factory import build_engine
         from rephrase.models import resolve_model
 
+        if self.engine_factory is not None:
+            return self.engine_factory()
         return build_engine(
             self.llm.engine,
             resolve_model(self.llm.model),
