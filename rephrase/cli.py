@@ -26,6 +26,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set rephrase.sampling.n=4 --set rephrase.llm.engine=transformers",
     )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print engine and datatrove logs here; by default they go to OUT/logs/run.log and the terminal shows "
+        "one status line (stage, documents, accepted rewrites, tok/s, ETA) and the summary",
+    )
 
 
 def _updates(args: argparse.Namespace) -> dict:
@@ -61,7 +68,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rephrase.run import Submitted, run_config
 
     cfg = _config(args)
-    result = run_config(cfg)
+    if getattr(args, "verbose", True):
+        result = run_config(cfg)
+    else:
+        from rephrase.layout import Layout
+        from rephrase.terminal import quiet_terminal
+
+        layout = Layout(Path(cfg.resolve(cfg.run.output)))
+        with quiet_terminal(layout.run_log, layout.llm_progress, cfg.run.progress_interval_s):
+            result = run_config(cfg)
     if isinstance(result, Submitted):
         print_submitted(result)
     else:

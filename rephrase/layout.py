@@ -73,6 +73,16 @@ class Layout:
         return self.work / "llm_checkpoints"
 
     @property
+    def llm_progress(self) -> Path:
+        """One status file per LLM-stage task (rephrase.llm.progress), summed by the terminal's status line."""
+        return self.llm_checkpoints / "progress"
+
+    @property
+    def run_log(self) -> Path:
+        """Everything a run printed (its engines and stage workers too) unless `rephrase run -v`."""
+        return self.logs / "run.log"
+
+    @property
     def curate_ledger(self) -> Path:
         return self.work / "ledger" / "curate"
 

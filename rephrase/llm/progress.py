@@ -4,17 +4,25 @@ On a terminal tqdm draws a bar (`disable=None`). Anywhere else (a Slurm job log,
 the task logs one plain line every `interval_s` instead: documents done (of how many, when the input is sized),
 rewrites accepted, tokens in and out, output tok/s over the last interval and overall, and the ETA. `tail -f` on a
 job's log then says where the run is. The stage calls `tick()` whenever generations come back, so a line is due
-even while one large batch is still generating; the same summary line closes every task.
+even while one large batch is still generating; the same summary line closes every task. With `status_path`, the
+task also keeps its running totals in that small JSON file (rewritten every `STATUS_EVERY_S`), which the run's
+terminal status line (rephrase.terminal) sums over tasks.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from datatrove.utils.logging import logger
 from tqdm import tqdm
+
+STATUS_EVERY_S = 2.0
+"""Seconds between rewrites of a task's status file."""
 
 
 @dataclass
@@ -36,8 +44,10 @@ class StageProgress:
         totals: Totals | None = None,
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] = logger.info,
+        status_path: Path | None = None,
     ) -> None:
         self.rank, self.total, self.interval_s, self.clock, self.log = rank, total, interval_s, clock, log
+        self.status_path, self.status_at = status_path, float("-inf")
         self.start = self.last_at = clock()
         self.docs, self.last_out = 0, 0
         self.bar = tqdm(
@@ -61,18 +71,20 @@ class StageProgress:
     def tick(self) -> None:
         """Without a terminal: log a progress line if `interval_s` has passed since the last one."""
         now = self.clock()
+        if now - self.status_at >= STATUS_EVERY_S:
+            self._write_status(now, done=False)
         if not self.bar.disable or now - self.last_at < self.interval_s:
             return
         t, elapsed, window = self.totals, now - self.start, now - self.last_at
         done = f"{self.docs}/{self.total}" if self.total else str(self.docs)
         eta = "unknown (unsized input)"
         if self.total and self.docs:
-            eta = _duration(elapsed / self.docs * (self.total - self.docs))
+            eta = duration(elapsed / self.docs * (self.total - self.docs))
         self.log(
             f"rephrase [task {self.rank}]: {done} documents, {t.accepted}/{t.attempted} rewrites accepted, tokens in "
             f"{t.input_tokens} out {t.output_tokens}, {(t.output_tokens - self.last_out) / window:.1f} out tok/s "
-            f"over the last {_duration(window)} ({t.output_tokens / elapsed:.1f} overall), "
-            f"{_duration(elapsed)} elapsed, ETA {eta}"
+            f"over the last {duration(window)} ({t.output_tokens / elapsed:.1f} overall), "
+            f"{duration(elapsed)} elapsed, ETA {eta}"
         )
         self.last_at, self.last_out = now, t.output_tokens
 
@@ -86,14 +98,26 @@ class StageProgress:
             f" ({t.output_tokens / elapsed if elapsed > 0 else 0:.1f} tok/s)"
         )
         self.log(line)
+        self._write_status(self.clock(), done=True)
         return line
+
+    def _write_status(self, now: float, done: bool) -> None:
+        """The task's totals as JSON, replaced atomically so a reader never sees half a file."""
+        if self.status_path is None:
+            return
+        self.status_at = now
+        status = {"docs": self.docs, "total": self.total, "elapsed_s": round(now - self.start, 3), "done": done}
+        self.status_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.status_path.with_suffix(".partial")
+        partial.write_text(json.dumps({**status, **asdict(self.totals)}), encoding="utf-8")
+        os.replace(partial, self.status_path)
 
 
 def _pct(totals: Totals) -> str:
     return f"{100 * totals.accepted / totals.attempted:.1f}%"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"

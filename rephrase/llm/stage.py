@@ -111,7 +111,8 @@ class RephraseStep(PipelineStep):
         self._totals = Totals()
         log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
         total = len(data) if isinstance(data, Sized) else None
-        progress = StageProgress(rank, total, self.progress_interval_s, self._totals)
+        status = Path(self.checkpoint_dir) / "progress" / f"{rank:05d}.json"  # Layout.llm_progress
+        progress = StageProgress(rank, total, self.progress_interval_s, self._totals, status_path=status)
         inflight: InFlight[_Request] = InFlight()
         batches = batched(data, self.batch_size)
         waiting: deque[_Batch] = deque()  # read and not yet yielded, in input order
