@@ -32,14 +32,14 @@ STATUS_REFRESH_S = 1.0
 
 
 def llm_status(progress: Path) -> str | None:
-    """The LLM stage's tasks summed: documents (of how many), rewrites accepted, output tok/s, ETA."""
+    """The LLM stage's tasks summed while any runs: documents (of how many), rewrites accepted, out tok/s, ETA."""
     tasks = []
     for path in sorted(progress.glob("*.json")):
         try:
             tasks.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):  # being rewritten: the next refresh reads it
             continue
-    if not tasks:
+    if all(t.get("done") for t in tasks):  # finished (or left by an earlier run): the summary will tell
         return None
     docs, accepted, attempted = (sum(t[k] for t in tasks) for k in ("docs", "accepted", "attempted"))
     out_tokens, elapsed = sum(t["output_tokens"] for t in tasks), max(t["elapsed_s"] for t in tasks)
@@ -49,7 +49,7 @@ def llm_status(progress: Path) -> str | None:
     line += f", {accepted}/{attempted} rewrites accepted"
     if elapsed > 0:
         line += f", {out_tokens / elapsed:.0f} out tok/s"
-    if sized and docs and not all(t.get("done") for t in tasks):
+    if sized and docs:
         line += f", ETA {duration(max(0.0, elapsed / docs * (total - docs)))}"
     return line
 
