@@ -40,7 +40,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_classifier(folder / "tiny.yaml").model_path
 
 
-def _run(tmp: Path, quality: dict, rules: list[dict], name: str) -> RunResult:
+def scraped_junk(folder: Path, sample_dir: Path) -> Path:
+    """Two pages the Gopher rules drop as their paper defines them (the sample's real pages and leads all pass
+    them): a lead scraped four times over (duplicate lines, Gopher repetition) and a list of teasers that each end
+    in an ellipsis (Gopher quality)."""
+    rows = [json.loads(x) for x in (sample_dir / "wiki.jsonl").read_text().splitlines() if x.strip()]
+    leads = [r["text"] for r in rows if r["lang"] == "en"]
+    teasers = "\n".join(" ".join(lead.split()[:12]) + " ..." for lead in leads[1:9])
+    path = folder / "junk.jsonl"
+    junk = [{"id": "repeated", "text": "\n".join([leads[0]] * 4)}, {"id": "teasers", "text": teasers}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in junk))
+    return path
+
+
+def _run(tmp: Path, quality: dict, rules: list[dict], name: str, extra: list[dict] = ()) -> RunResult:
     cfg = load_config(
         REPO / "configs" / "demo.yaml",
         ["mix.synthetic_share=null"],
@@ -48,6 +61,7 @@ def _run(tmp: Path, quality: dict, rules: list[dict], name: str) -> RunResult:
             "input.sources": [
                 {"path": "bundled:sample/web.warc.gz", "limit": 24},
                 {"path": "bundled:sample/wiki.jsonl", "limit": 60},
+                *extra,
             ],
             "quality": quality,
             "routing.rules": rules,
@@ -58,7 +72,7 @@ def _run(tmp: Path, quality: dict, rules: list[dict], name: str) -> RunResult:
 
 
 @pytest.fixture(scope="module")
-def ensemble_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> RunResult:
+def ensemble_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, sample_dir: Path) -> RunResult:
     quality = {
         "classifiers": [
             {"name": "starter", "path": "bundled:quality_starter"},
@@ -73,7 +87,8 @@ def ensemble_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> 
         {"min_bucket": 1, "max_bucket": 3, "action": "keep"},
         {"min_bucket": 4, "action": "keep"},
     ]
-    return _run(tmp_path_factory.mktemp("ensemble"), quality, rules, "out")
+    tmp = tmp_path_factory.mktemp("ensemble")
+    return _run(tmp, quality, rules, "out", [{"path": str(scraped_junk(tmp, sample_dir))}])
 
 
 def test_mid_rank_percentiles_and_model_check(tmp_path: Path) -> None:
@@ -89,7 +104,7 @@ def test_mid_rank_percentiles_and_model_check(tmp_path: Path) -> None:
 
 def test_ensemble_is_the_max_of_percentiles_and_routes_by_bucket(ensemble_run: RunResult) -> None:
     ledger = pq.read_table(ensemble_run.layout.ledger).to_pylist()
-    assert len(ledger) == 84 and len({r["record"] for r in ledger}) == 84
+    assert len(ledger) == 86 and len({r["record"] for r in ledger}) == 86
     scored = [r for r in ledger if r["quality_bucket"] is not None]
     assert len(scored) >= 12, "too few documents reached scoring to test routing"
     for row in scored:
@@ -115,7 +130,9 @@ def test_funnel_drops_by_language_and_heuristics_with_reasons(ensemble_run: RunR
     reasons = {(r["stage"], r["reason"]) for r in ledger if r["fate"] == "dropped"}
     assert any(stage == "language" and reason.startswith("language:") and reason != "language:en"
                for stage, reason in reasons), reasons  # fmt: skip
-    assert any(stage.startswith("gopher") for stage, _ in reasons), reasons
+    assert {("gopher_repetition", "repeated"), ("gopher_quality", "teasers")} <= {
+        (r["stage"], r["doc_id"]) for r in ledger if r["fate"] == "dropped"
+    }, reasons
     assert all(reason for _, reason in reasons)
 
 
