@@ -26,6 +26,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set rephrase.sampling.n=4 --set rephrase.llm.engine=transformers",
     )
+
+
+def _verbose_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-v",
         "--verbose",
@@ -68,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rephrase.run import Submitted, run_config
 
     cfg = _config(args)
-    if getattr(args, "verbose", True):
+    if args.verbose:
         result = run_config(cfg)
     else:
         from rephrase.layout import Layout
@@ -169,10 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a pipeline config end to end")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     _run_args(p)
+    _verbose_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run configs/demo.yaml: bundled real corpus, bundled SmolLM2-135M, CPU")
     _run_args(p)
+    _verbose_arg(p)
     p.set_defaults(func=cmd_run, config=str(DEMO_CONFIG))
 
     models = sub.add_parser("models", help="bundled models").add_subparsers(dest="models_cmd", required=True)
