@@ -112,14 +112,14 @@ class FakeLLM:
         temperature, n = float(body.get("temperature", 1.0)), int(body.get("n", 1))
         status = 200
         fault = self._next_fault()
+        if fault and fault[0] == "status":
+            status = int(fault[1])
+        with self._lock:  # recorded on arrival: a held request counts even if the test ends before it is answered
+            self.requests.append(Request(doc_key(document), temperature, n, status, time.time()))
         if fault and fault[0] == "hang":
             with self._lock:
                 self.held.append(doc_key(document))
             time.sleep(fault[1])
-        elif fault:
-            status = int(fault[1])
-        with self._lock:
-            self.requests.append(Request(doc_key(document), temperature, n, status, time.time()))
         if status != 200:
             return status, {"error": {"message": f"injected {status}", "type": "server_error", "code": status}}
         time.sleep(self.delay_s)
