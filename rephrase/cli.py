@@ -99,7 +99,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     from_run = Path(args.from_run) if args.from_run else None
-    print(format_estimate(estimate(cfg, args.sample, args.tokens_per_s, from_run)))
+    print(format_estimate(estimate(cfg, args.sample, args.tokens_per_s, from_run, args.measure)))
     return 0
 
 
@@ -207,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=200, help="records read from each source (default 200)")
     p.add_argument("--tokens-per-s", type=float, help="output tokens/s to assume (default: per engine class)")
     p.add_argument("--from-run", help="an earlier run's OUT: use its measured output/input ratio")
+    p.add_argument(
+        "--measure",
+        type=int,
+        default=8,
+        help="routed sample documents rewritten with the configured engine to measure output tokens and "
+        "resampling (default 8; 0: assume output ~= input; ignored with --from-run)",
+    )
     _run_args(p)
     p.set_defaults(func=cmd_estimate)
 

@@ -3,12 +3,12 @@
 The first N records of each source go through the config's own CPU steps (readers, HTML extraction, record
 checks, language id, heuristics, exact dedup, quality scoring, routing), so the shares that pass and that are
 routed to rephrasing are the ones the run will see, not guesses. Documents routed to rephrasing are chunked and
-rendered with the real prompts and counted with the model's own tokenizer. Output tokens are the one thing a
-sample cannot measure without the model: they come from a finished run's stats (`--from-run`: its output/input
-token ratio and candidates per request, resampling included) or else assume output ~= input, capped at
-max_tokens, with exactly n candidates per request (a lower bound: resampling only adds). The sample's figures are
-scaled per source by the source's total record count, which is counted cheaply (lines of JSONL, parquet metadata,
-response records of WARC).
+rendered with the real prompts and counted with the model's own tokenizer. Output tokens per request depend on the
+model, the prompts and the validators (a rejected candidate is resampled), so they are measured, not assumed: by
+rewriting `--measure` of the routed sample documents with the configured engine and validators (the LLM stage
+itself), or from a finished run's stats (`--from-run`); only `--measure 0` falls back to assuming output ~= input
+with exactly n candidates per request. The sample's figures are scaled per source by the source's total record
+count, which is counted cheaply (lines of JSONL, parquet metadata, response records of WARC).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from datatrove.data import Document
 
 from rephrase.calibrate import ensure_calibration
 from rephrase.config import Config, SourceConfig
-from rephrase.pipeline import filter_steps
+from rephrase.layout import Layout
+from rephrase.pipeline import filter_steps, rephrase_step
+from rephrase.stats import llm_summary
 
 # Output tokens per second of one device, for the hours column when --tokens-per-s is not given: the CPU figure for
 # the bundled 135M model (the only one that runs on CPU in useful time), the GPU figure for any other model. The GPU
@@ -53,6 +55,7 @@ class SourceEstimate:
     requests: int = 0
     prompt_tokens: int = 0
     output_tokens: float = 0.0
+    chunks: list[tuple[int, int]] = field(default_factory=list, repr=False)  # (source tokens, max_tokens) per request
 
     @property
     def scale(self) -> float:
@@ -117,32 +120,51 @@ def sample_records(cfg: Config, sources: list[SourceConfig], n: int, work: Path)
             yield doc
 
 
-def _output_model(cfg: Config, from_run: Path | None) -> tuple[float, float, str]:
-    """(output tokens per source token, candidates per request, where these come from)."""
-    n = cfg.rephrase.sampling.n
-    if from_run is None:
-        return 1.0, float(n), f"assumed: output ~= input, {n} candidates per request, no resampling"
-    llm = json.loads((Path(from_run) / "stats.json").read_text())["llm"]
+def _output_model(llm: dict, basis: str) -> tuple[float, float, str]:
+    """(output tokens per source token, candidates per request, where these come from) from stats.json's `llm`
+    section: output tokens per candidate over source tokens per first request, resampled candidates included."""
     first_requests = llm["requests"] - llm.get("resampled", 0)
     if not first_requests or not llm["candidates_generated"] or not llm["tokens_in"]:
-        raise ValueError(f"--from-run {from_run}: that run generated nothing; give a run that rephrased documents")
+        raise ValueError(f"{basis}: nothing was generated; give a run (or a sample) that rephrased documents")
     per_candidate = llm["tokens_out"] / llm["candidates_generated"]
     ratio = per_candidate / (llm["tokens_in"] / first_requests)
     per_request = llm["candidates_generated"] / first_requests
-    return ratio, per_request, f"from {from_run}: {ratio:.2f} output/source tokens, {per_request:.2f} cand./request"
+    return ratio, per_request, f"{basis}: {ratio:.2f} output/source tokens, {per_request:.2f} cand./request"
+
+
+def from_previous_run(run: Path) -> tuple[float, float, str]:
+    return _output_model(json.loads((Path(run) / "stats.json").read_text())["llm"], f"from {run}")
+
+
+def measured_on(cfg: Config, docs: list[Document], work: Path) -> tuple[float, float, str]:
+    """Rewrite `docs` with the LLM stage as the run builds it (engine, prompts, sampling, validators, resampling)
+    and read the output model off its counters, exactly as stats.json would report them."""
+    step = rephrase_step(cfg, Layout(work))
+    for _ in step.run(iter(docs), rank=0, world_size=1):
+        pass
+    counters = {name: stat.total for name, stat in step.stats.stats.items()}
+    engine = f"{cfg.rephrase.llm.engine} {cfg.rephrase.llm.model}"
+    return _output_model(llm_summary(cfg, counters), f"measured on {len(docs)} documents with {engine}")
+
+
+def spread(docs: list[Document], k: int) -> list[Document]:
+    """k documents spaced evenly through the sample, so every source (they come one after another) is measured."""
+    if len(docs) <= k:
+        return docs
+    return [docs[i * len(docs) // k] for i in range(k)]
 
 
 class _LLMWork:
-    """What the LLM stage would get for one routed document: requests, prompt tokens and expected output tokens,
+    """What the LLM stage would get for one routed document: requests, prompt tokens and source tokens per request,
     with the stage's own chunking, prompts (chat template applied) and per-prompt max_tokens."""
 
-    def __init__(self, cfg: Config, ratio: float, per_request: float) -> None:
+    def __init__(self, cfg: Config) -> None:
         from transformers import AutoTokenizer
 
         from rephrase.llm.prompts import select_prompts
         from rephrase.models import resolve_model
 
-        self.cfg, self.ratio, self.per_request = cfg, ratio, per_request
+        self.cfg = cfg
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.rephrase.llm.model))
         names = {p for rule in cfg.routing.rules for p in rule.prompts}
         self.prompts = select_prompts(cfg.resolve(cfg.rephrase.prompts_dir), names)
@@ -168,17 +190,32 @@ class _LLMWork:
                 rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
                 est.requests += 1
                 est.prompt_tokens += self.count(rendered)
-                est.output_tokens += min(self.ratio * self.count(chunk), cap) * self.per_request
+                est.chunks.append((self.count(chunk), cap))
 
 
-def estimate(cfg: Config, sample: int, tokens_per_s: float | None = None, from_run: Path | None = None) -> Estimate:
+def expected_output(est: SourceEstimate, ratio: float, per_request: float) -> float:
+    """Output tokens of the source's sampled requests: each chunk's tokens times the ratio, capped by max_tokens,
+    times the candidates per request."""
+    return sum(min(ratio * tokens, cap) for tokens, cap in est.chunks) * per_request
+
+
+def estimate(
+    cfg: Config,
+    sample: int,
+    tokens_per_s: float | None = None,
+    from_run: Path | None = None,
+    measure: int = 0,
+) -> Estimate:
     """Count every input record, run the sample through the config's CPU steps, and count the LLM work of the
-    documents routed to rephrasing; `from_run` is a finished run's output folder whose token ratio to use."""
+    documents routed to rephrasing. Output tokens per request come from `from_run` (a finished run's output
+    folder), else from rewriting `measure` routed sample documents with the configured engine, else are assumed."""
     from rephrase.inputs import detect_format, expand_source, resolve_input_path
     from rephrase.models import BUNDLED_REF
 
     if sample < 1:
         raise ValueError(f"--sample {sample}: need at least 1 record per source")
+    if measure < 0:
+        raise ValueError(f"--measure {measure}: give a number of documents to rewrite, or 0 to assume")
     if tokens_per_s is not None and tokens_per_s <= 0:
         raise ValueError(f"--tokens-per-s {tokens_per_s}: must be > 0 output tokens per second")
     start = time.perf_counter()
@@ -191,9 +228,9 @@ def estimate(cfg: Config, sample: int, tokens_per_s: float | None = None, from_r
         sources.append(SourceEstimate(source.path, len(files), records))
     counting = time.perf_counter() - start
 
-    ratio, per_request, basis = _output_model(cfg, from_run)
-    work = _LLMWork(cfg, ratio, per_request)
+    work = _LLMWork(cfg)
     seen: Counter = Counter()
+    routed: list[Document] = []
     with tempfile.TemporaryDirectory(prefix="rephrase-estimate-") as tmp:
         steps = filter_steps(cfg, None, ensure_calibration(cfg, Path(tmp) / "quality_calibration.json"))
         stream = _tally(sample_records(cfg, cfg.input.sources, sample, Path(tmp)), seen, "read")
@@ -205,7 +242,17 @@ def estimate(cfg: Config, sample: int, tokens_per_s: float | None = None, from_r
             if doc.metadata.get("action") == "rephrase":
                 est.to_rephrase += 1
                 work.add(est, doc)
+                routed.append(doc)
+        n = cfg.rephrase.sampling.n
+        if from_run is not None:
+            ratio, per_request, basis = from_previous_run(from_run)
+        elif measure and routed:
+            ratio, per_request, basis = measured_on(cfg, spread(routed, measure), Path(tmp) / "measure")
+        else:
+            why = "--measure 0" if routed else "no sampled document is routed to rephrasing"
+            ratio, per_request, basis = 1.0, float(n), f"assumed ({why}): output ~= input, {n} candidates/request"
     for i, est in enumerate(sources):
+        est.output_tokens = expected_output(est, ratio, per_request)
         est.sampled = before = seen[(i, "read")]
         for stage, _ in steps:
             est.drops[stage] += before - seen[(i, stage)]
@@ -214,7 +261,6 @@ def estimate(cfg: Config, sample: int, tokens_per_s: float | None = None, from_r
 
     device = "cpu" if cfg.rephrase.llm.model == BUNDLED_REF else "gpu"
     rate, rate_basis = (tokens_per_s, "given with --tokens-per-s") if tokens_per_s else THROUGHPUT[device]
-    n = cfg.rephrase.sampling.n
     return Estimate(sources, cfg.rephrase.llm.model, n, ratio, per_request, basis, rate, rate_basis, device, counting)
 
 

@@ -66,7 +66,9 @@ def plan_source(cfg: Config, layout: Layout) -> PlanSource:
     return PlanSource(str(layout.counts), mix.synthetic_share, mix.max_upsample, cfg.rebalance, cfg.curriculum, seed)
 
 
-def _llm(cfg: Config, rephrase: dict) -> dict:
+def llm_summary(cfg: Config, rephrase: dict) -> dict:
+    """stats.json's `llm` section from the LLM stage's counters (also what `rephrase estimate` measures with)."""
+
     def prefixed(prefix: str, skip: str | None = None) -> dict:
         return {
             k.removeprefix(prefix): v
@@ -120,7 +122,7 @@ def summarize(cfg: Config, layout: Layout, timings: dict[str, float]) -> dict:
             "tokens_by_bucket": dict(sorted(ds["tokens_by_bucket"].items())),
             "tokens_by_source_file": dict(ds["tokens_by_source_file"].most_common()),
         },
-        "llm": _llm(cfg, rephrase),
+        "llm": llm_summary(cfg, rephrase),
         "quality": quality_summary(
             curate.get("quality", {}), cfg.quality.classifiers, cfg.quality.scale, cfg.quality.ensemble
         ),

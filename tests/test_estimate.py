@@ -81,3 +81,31 @@ def test_estimate_uses_a_previous_runs_token_ratio(inputs: dict[str, Path]) -> N
 def test_estimate_rejects_a_bad_sample_size(inputs: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="--sample 0"):
         estimate(config(inputs), sample=0, tokens_per_s=None)
+
+
+def test_a_measured_estimate_predicts_the_output_tokens_of_the_run(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Without a previous run, --measure rewrites a few routed sample documents with the configured engine (here
+    the real vllm-server engine against tests/fake_llm.py, whose rewrites fail validators for one document in four
+    at low temperature, so resampling happens) and the estimate of the whole input lands near the real run."""
+    from fake_llm import FakeLLM, run_updates
+
+    from rephrase.run import run_config
+
+    sources = [{"path": str(inputs["parquet"])}]
+    with FakeLLM() as llm:
+        updates = run_updates(llm.url, **{"input.sources": sources, "run.output": str(tmp_path / "out")})
+        cfg = load_config(REPO / "configs" / "demo.yaml", ["mix.synthetic_share=null"], updates)
+        measured = estimate(cfg, sample=40, measure=8)
+        assumed = estimate(cfg, sample=40, measure=0)
+        actual = run_config(cfg).stats["llm"]
+    assert measured.output_basis.startswith("measured on 8 documents with vllm-server")
+    assert len(llm.requests) > actual["requests"]  # the measurement's requests came on top of the run's
+    predicted = measured.total("output_tokens")
+    assert abs(predicted - actual["tokens_out"]) <= 0.25 * actual["tokens_out"], (predicted, actual)
+    assert measured.candidates_per_request > cfg.rephrase.sampling.n  # resampled candidates were counted
+    assert assumed.output_basis.startswith("assumed (--measure 0)")
+
+
+def test_estimate_rejects_a_negative_measure(inputs: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="--measure -1"):
+        estimate(config(inputs), sample=2, measure=-1)
