@@ -149,6 +149,14 @@ class ReadSources(PipelineStep):
             self.stats.stats = self.stats.stats + reader.stats.stats
 
 
+def busy_tasks(readers: list[PipelineStep], tasks: int) -> int:
+    """How many of `tasks` get any input: datatrove deals each reader's files to the tasks one by one and never
+    splits a file, so a source of 1 file keeps 1 task busy however many run (and so do the stages after curate,
+    which work shard by shard of curate's output)."""
+    files = [len(Path(r.paths_file).read_text(encoding="utf-8").splitlines()) for r in readers]
+    return min(tasks, max(files, default=0))
+
+
 def record_prefixes(readers: list) -> list[str]:
     """What goes before each reader's records (`file:line`, relative to the reader's folder) so that no two
     readers name a record alike: nothing while their file names differ (one source keeps `part-0.jsonl:3`), else

@@ -3,6 +3,7 @@ stages, then finish (rephrase.finish: ledger check, stats.json, the dataset card
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ import pyarrow.parquet as pq
 
 from rephrase.calibrate import ensure_calibration
 from rephrase.config import Config, PushConfig
-from rephrase.executors import run_stages, submit_stages
+from rephrase.executors import Stage, run_stages, submit_stages
 from rephrase.finish import RunResult, finish_run
+from rephrase.inputs import ReadSources, busy_tasks
 from rephrase.layout import Layout
 from rephrase.llm.prompts import select_prompts
 from rephrase.pipeline import build_stages, llm_stage_name
@@ -56,6 +58,17 @@ def preflight(cfg: Config, layout: Layout) -> None:
         model = resolve_model(cfg.rephrase.llm.model)
         if "/" in model and Path(model).is_absolute() and not (Path(model) / "config.json").is_file():
             raise PreflightError(f"model folder {model} has no config.json; run `rephrase models fetch` or fix model")
+
+
+def warn_idle_tasks(cfg: Config, stages: list[Stage]) -> None:
+    read = next(step for step in stages[0].steps if isinstance(step, ReadSources))
+    busy = busy_tasks(read.readers, cfg.run.tasks)
+    if busy < cfg.run.tasks:
+        logging.getLogger("rephrase.notice").warning(
+            f"the input has at most {busy} file(s) per source for run.tasks={cfg.run.tasks}, so "
+            f"only {busy} task(s) get documents (datatrove never splits a file) and every stage after curate has "
+            f"{busy} shard(s); split the input into at least {cfg.run.tasks} files to use every task"
+        )
 
 
 def open_stream_target(push: PushConfig) -> None:
@@ -113,6 +126,7 @@ def run_config(cfg: Config) -> RunResult | Submitted:
     prompts = select_prompts(cfg.resolve(cfg.rephrase.prompts_dir), {p for r in cfg.routing.rules for p in r.prompts})
     restart_curate_if_changed(cfg, layout, {name: prompt.hash for name, prompt in prompts.items()})
     stages = build_stages(cfg, layout)
+    warn_idle_tasks(cfg, stages)
     if reopened := reopen_failed_llm_tasks(layout, llm_stage_name(cfg)):
         print(f"rephrase: rerunning tasks {reopened}: their documents had engine errors (llm_error) last time")
     ensure_calibration(cfg, layout.calibration_file)

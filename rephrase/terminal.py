@@ -7,12 +7,14 @@ own log under `OUT/logs/<stage>/logs/` as before. The terminal gets a status lin
 already writes: which stage is running and how many of its tasks completed (datatrove's `executor.json` and
 `completions/`), and the LLM stage's documents, accepted rewrites, tok/s and ETA (`rephrase.llm.progress`
 status files). On a terminal it is a live rich line; elsewhere (a Slurm job log, `nohup`) a plain line every
-`run.progress_interval_s`. An error is printed to the terminal with the log file to read.
+`run.progress_interval_s`. Warnings of the `rephrase.notice` logger (an input that keeps tasks idle, ...) reach
+both the terminal and the log. An error is printed to the terminal with the log file to read.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -118,6 +120,10 @@ def quiet_terminal(log_path: Path, progress: Path, interval_s: float) -> Iterato
     log = open(log_path, "ab", buffering=0)  # noqa: SIM115 (closed below, after the fds that share it)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
+    notices = logging.getLogger("rephrase.notice")
+    handlers = [ToConsole(console), logging.StreamHandler(sys.stderr)]  # sys.stderr writes to the log now
+    for handler in handlers:
+        notices.addHandler(handler)
     try:
         with StatusLine(console, log_path.parent, progress, interval_s):
             yield console
@@ -128,7 +134,21 @@ def quiet_terminal(log_path: Path, progress: Path, interval_s: float) -> Iterato
     else:
         _restore(saved_out, saved_err, log)
     finally:
+        for handler in handlers:
+            notices.removeHandler(handler)
         console.file.close()
+
+
+class ToConsole(logging.Handler):
+    """A warning of the `rephrase.notice` logger on the real terminal, printed above the live status line."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = f"rephrase: {record.getMessage()}"
+        self.console.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def _restore(saved_out: int, saved_err: int, log) -> None:

@@ -20,7 +20,7 @@ from warcio.warcwriter import WARCWriter
 from filters.records import RecordCheck
 from rephrase.config import SourceConfig
 from rephrase.estimate import count_records
-from rephrase.inputs import ReadSources, build_readers, expand_source
+from rephrase.inputs import ReadSources, build_readers, busy_tasks, expand_source
 
 GOOD = "Photosynthesis converts light energy into chemical energy stored in glucose. " * 5
 
@@ -348,3 +348,13 @@ def test_warc_records_without_headers_revisits_and_non_pages_each_have_a_fate(tm
     assert docs[1].id == "x.warc.gz:4" and docs[3].metadata["input"]["url"] is None
     assert step.stats["skipped_warc_warcinfo"].total == 1 and step.stats["skipped_warc_request"].total == 1
     assert count_records(str(path), "warc") == len(docs) == step.stats["total"].total
+
+
+def test_busy_tasks_counts_the_files_each_reader_deals_out(tmp_path: Path) -> None:
+    """datatrove gives each file to one task: 3 JSONL files and 1 parquet file keep 3 of 4 tasks busy."""
+    for i in range(3):
+        (tmp_path / f"part{i}.jsonl").write_text(json.dumps({"id": "a", "text": "x"}) + "\n")
+    pq.write_table(pa.table({"id": ["b"], "text": ["y"]}), tmp_path / "one.parquet")
+    source = SourceConfig(path=str(tmp_path))
+    readers = build_readers(source, str(tmp_path), -1, tmp_path / "paths", max_doc_bytes=1000)
+    assert [busy_tasks(readers, tasks) for tasks in (1, 2, 3, 4, 8)] == [1, 2, 3, 3, 3]

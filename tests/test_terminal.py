@@ -71,13 +71,15 @@ def rephrase_run(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_a_run_prints_its_status_and_summary_and_logs_the_rest(tmp_path: Path, leads: Path) -> None:
     with FakeLLM() as llm:
-        quiet = rephrase_run(run_args(llm.url, leads, tmp_path / "quiet"))
+        quiet = rephrase_run(run_args(llm.url, leads, tmp_path / "quiet", "--set=run.tasks=2"))
         verbose = rephrase_run(run_args(llm.url, leads, tmp_path / "verbose", "-v"))
     assert quiet.returncode == 0, quiet.stdout[-3000:] + quiet.stderr[-3000:]
     assert "Input records" in quiet.stdout  # the summary
     assert "stage curate: " in quiet.stdout and "documents" in quiet.stdout  # the status lines (not a terminal)
     assert DATATROVE_LINE not in quiet.stdout + quiet.stderr
     assert DATATROVE_LINE in (tmp_path / "quiet" / "logs" / "run.log").read_text()
+    idle = "only 1 task(s) get documents"  # one input file for two tasks: a warning on the terminal and in the log
+    assert idle in quiet.stdout and idle in (tmp_path / "quiet" / "logs" / "run.log").read_text()
     assert verbose.returncode == 0 and "Input records" in verbose.stdout
     assert DATATROVE_LINE in verbose.stderr and not (tmp_path / "verbose" / "logs" / "run.log").exists()
 
