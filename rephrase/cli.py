@@ -28,13 +28,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _verbose_arg(p: argparse.ArgumentParser) -> None:
+def _verbose_arg(p: argparse.ArgumentParser, log: str = "OUT/logs/run.log") -> None:
     p.add_argument(
         "-v",
         "--verbose",
         action="store_true",
-        help="print engine and datatrove logs here; by default they go to OUT/logs/run.log and the terminal shows "
-        "one status line (stage, documents, accepted rewrites, tok/s, ETA) and the summary",
+        help=f"print engine and datatrove logs here; by default they go to {log} and the terminal shows "
+        "one status line (stage, documents, accepted rewrites, tok/s, ETA) and the result",
     )
 
 
@@ -95,11 +95,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from rephrase.estimate import estimate, format_estimate
+    import tempfile
+
+    from rephrase.estimate import Estimate, estimate, format_estimate, measure_layout
 
     cfg = _config(args)
     from_run = Path(args.from_run) if args.from_run else None
-    print(format_estimate(estimate(cfg, args.sample, args.tokens_per_s, from_run, args.measure)))
+    with tempfile.TemporaryDirectory(prefix="rephrase-estimate-") as tmp:
+        work = Path(tmp)
+
+        def run() -> Estimate:
+            return estimate(cfg, args.sample, args.tokens_per_s, from_run, args.measure, work)
+
+        if args.verbose or from_run or not args.measure:  # no engine is started: nothing to hide
+            est = run()
+        else:
+            from rephrase.layout import Layout
+            from rephrase.terminal import quiet_terminal
+
+            log = Layout(Path(cfg.resolve(cfg.run.output))).logs / "estimate" / "estimate.log"
+            with quiet_terminal(log, measure_layout(work).llm_progress, cfg.run.progress_interval_s):
+                est = run()
+    print(format_estimate(est))
     return 0
 
 
@@ -215,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resampling (default 8; 0: assume output ~= input; ignored with --from-run)",
     )
     _run_args(p)
+    _verbose_arg(p, log="OUT/logs/estimate/estimate.log")
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("push", help="upload OUT/dataset to the Hugging Face Hub (resumable, retries 429/5xx)")

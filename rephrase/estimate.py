@@ -136,11 +136,16 @@ def from_previous_run(run: Path) -> tuple[float, float, str]:
     return _output_model(json.loads((Path(run) / "stats.json").read_text())["llm"], f"from {run}")
 
 
+def measure_layout(work: Path) -> Layout:
+    """Where the measurement's LLM stage keeps its checkpoints and progress file (the status line reads it)."""
+    return Layout(work / "measure")
+
+
 def measured_on(cfg: Config, docs: list[Document], work: Path) -> tuple[float, float, str]:
     """Rewrite `docs` with the LLM stage as the run builds it (engine, prompts, sampling, validators, resampling)
     and read the output model off its counters, exactly as stats.json would report them."""
-    step = rephrase_step(cfg, Layout(work))
-    for _ in step.run(iter(docs), rank=0, world_size=1):
+    step = rephrase_step(cfg, measure_layout(work))
+    for _ in step.run(docs, rank=0, world_size=1):  # a list: the status line shows documents of how many
         pass
     counters = {name: stat.total for name, stat in step.stats.stats.items()}
     engine = f"{cfg.rephrase.llm.engine} {cfg.rephrase.llm.model}"
@@ -205,10 +210,12 @@ def estimate(
     tokens_per_s: float | None = None,
     from_run: Path | None = None,
     measure: int = 0,
+    folder: Path | None = None,
 ) -> Estimate:
     """Count every input record, run the sample through the config's CPU steps, and count the LLM work of the
     documents routed to rephrasing. Output tokens per request come from `from_run` (a finished run's output
-    folder), else from rewriting `measure` routed sample documents with the configured engine, else are assumed."""
+    folder), else from rewriting `measure` routed sample documents with the configured engine, else are assumed.
+    `folder` holds the sample's files and the measurement's (a temporary folder when None)."""
     from rephrase.inputs import detect_format, expand_source, resolve_input_path
     from rephrase.models import BUNDLED_REF
 
@@ -231,9 +238,10 @@ def estimate(
     work = _LLMWork(cfg)
     seen: Counter = Counter()
     routed: list[Document] = []
-    with tempfile.TemporaryDirectory(prefix="rephrase-estimate-") as tmp:
-        steps = filter_steps(cfg, None, ensure_calibration(cfg, Path(tmp) / "quality_calibration.json"))
-        stream = _tally(sample_records(cfg, cfg.input.sources, sample, Path(tmp)), seen, "read")
+    with tempfile.TemporaryDirectory(prefix="rephrase-estimate-") as scratch:
+        tmp = folder or Path(scratch)
+        steps = filter_steps(cfg, None, ensure_calibration(cfg, tmp / "quality_calibration.json"))
+        stream = _tally(sample_records(cfg, cfg.input.sources, sample, tmp), seen, "read")
         for stage, step in steps:
             stream = _tally(step(stream), seen, stage)
         for doc in stream:
@@ -247,7 +255,7 @@ def estimate(
         if from_run is not None:
             ratio, per_request, basis = from_previous_run(from_run)
         elif measure and routed:
-            ratio, per_request, basis = measured_on(cfg, spread(routed, measure), Path(tmp) / "measure")
+            ratio, per_request, basis = measured_on(cfg, spread(routed, measure), tmp)
         else:
             why = "--measure 0" if routed else "no sampled document is routed to rephrasing"
             ratio, per_request, basis = 1.0, float(n), f"assumed ({why}): output ~= input, {n} candidates/request"
