@@ -87,18 +87,13 @@ class Estimate:
 
 
 def count_records(path: str, fmt: str) -> int:
-    """Records in one file as the readers count them, without parsing them: the parquet footer, else
-    rephrase.readers.count_rows (non-blank lines, WARC records of the types with a ledger row)."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
+    """Records in one file as the readers count them, without parsing them (rephrase.readers.count_records)."""
     import fsspec
 
-    from rephrase.readers import count_rows
+    from rephrase.readers import count_records as count_open
 
-    with fsspec.open(path, "rb", compression="infer") as f:
-        return count_rows(f, fmt)
+    with fsspec.open(path, "rb", compression=None if fmt == "parquet" else "infer") as f:
+        return count_open(f, fmt)
 
 
 def _tally(docs: Iterator[Document], seen: Counter, stage: str) -> Iterator[Document]:

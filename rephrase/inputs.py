@@ -10,14 +10,17 @@ import glob
 import hashlib
 import os
 import posixpath
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.logging import logger
+from fsspec.implementations.local import LocalFileSystem
 
 from rephrase.config import Config, SourceConfig
-from rephrase.readers import READERS, BoundedReader, read_limit
+from rephrase.readers import READERS, BoundedReader, read_limit, records_in_shard
 
 FORMAT_SUFFIXES = {
     "jsonl": (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".ndjson", ".ndjson.gz"),
@@ -126,7 +129,9 @@ class ReadSources(PipelineStep):
 
     `total` counts the records read (the ledger's completeness check compares its rows with it); each reader's own
     counters (blank lines, truncated files, skipped WARC record types) are merged in, since the executor only
-    saves the stats of the steps in the pipeline, and these readers run inside this one.
+    saves the stats of the steps in the pipeline, and these readers run inside this one. `records_read` and
+    `records_total` (counted beside the reading, None until known) are how far the task is through its input: the
+    LLM stage's ETA when it cannot know how many documents will reach it.
     """
 
     name = "read"
@@ -136,17 +141,31 @@ class ReadSources(PipelineStep):
         super().__init__()
         self.readers = readers
         self.prefixes = record_prefixes(readers)
+        self.records_read, self.records_total = 0, None
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        self.records_read, self.records_total = 0, None
+        threading.Thread(target=self._count, args=(rank, world_size), name="rephrase-count", daemon=True).start()
         for reader, prefix in zip(self.readers, self.prefixes, strict=True):
             for doc in reader.run(None, rank, world_size):
                 if prefix:
                     doc.metadata["record"] = prefix + doc.metadata["record"]
                 self.stat_update("total")
+                self.records_read += 1
                 if doc.metadata.get("bad_record"):
                     self.stat_update(f"bad_{doc.metadata['bad_record'].split(':')[0]}")
                 yield doc
             self.stats.stats = self.stats.stats + reader.stats.stats
+
+    def _count(self, rank: int, world_size: int) -> None:
+        """`records_total`, this task's records, counted beside the reading (line breaks, WARC headers, parquet
+        footers: no parsing) so the LLM stage can give an ETA from the input; remote inputs are not read twice."""
+        if any(not isinstance(r.data_folder.fs, LocalFileSystem) for r in self.readers):
+            return
+        try:
+            self.records_total = sum(records_in_shard(r, rank, world_size) for r in self.readers)
+        except Exception as e:  # the reading itself reports a broken file; the ETA just stays unknown
+            logger.warning(f"input records not counted, so no ETA: {type(e).__name__}: {e}")
 
 
 def busy_tasks(readers: list[PipelineStep], tasks: int) -> int:

@@ -85,7 +85,8 @@ def read_steps(cfg: Config, layout: Layout) -> list[PipelineStep]:
     return [ReadSources(readers)] + [step for _, step in filter_steps(cfg, str(layout.curate_ledger), calibration)]
 
 
-def rephrase_step(cfg: Config, layout: Layout) -> RephraseStep:
+def rephrase_step(cfg: Config, layout: Layout, source: ReadSources | None = None) -> RephraseStep:
+    """`source`: the reader ahead of the stage in its pipeline (its progress through the input gives the ETA)."""
     prompt_names = {p for rule in cfg.routing.rules for p in rule.prompts}
     return RephraseStep(
         cfg.rephrase.llm,
@@ -99,6 +100,7 @@ def rephrase_step(cfg: Config, layout: Layout) -> RephraseStep:
         checkpoint_dir=str(layout.llm_checkpoints),
         server_log=str(layout.logs / "vllm-server.log"),
         progress_interval_s=cfg.run.progress_interval_s,
+        source=source,
     )
 
 
@@ -132,7 +134,7 @@ def curate_stages(cfg: Config, layout: Layout) -> list[Stage]:
     steps = read_steps(cfg, layout)
     if any(rule.prompts for rule in cfg.routing.rules):  # without an LLM stage there is nothing to overlap with
         steps.append(Prefetch(cfg.rephrase.prefetch_docs))
-    steps += [rephrase_step(cfg, layout), WorkWriter(str(layout.docs))]
+    steps += [rephrase_step(cfg, layout, source=steps[0]), WorkWriter(str(layout.docs))]
     return [Stage(CURATE, steps, cfg.run.tasks, gpu=True)]
 
 

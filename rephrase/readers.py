@@ -31,6 +31,7 @@ from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 from warcio.exceptions import ArchiveLoadFailed
 
 if TYPE_CHECKING:
+    from datatrove.pipeline.base import PipelineStep
     from warcio.recordloader import ArcWarcRecord
 
 _MISSING = object()
@@ -279,4 +280,26 @@ def count_rows(f: io.RawIOBase, fmt: str) -> int:
     return rows
 
 
+def count_records(f: io.RawIOBase, fmt: str) -> int:
+    """Records the reader of `fmt` yields from an open binary file: the parquet footer, else count_rows."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(f).metadata.num_rows
+    return count_rows(f, fmt)
+
+
 READERS = {"jsonl": AccountedJsonlReader, "parquet": AccountedParquetReader, "warc": AccountedWarcReader}
+
+
+def records_in_shard(reader: PipelineStep, rank: int, world_size: int) -> int:
+    """Records one task's reader will yield (its share of the files, within its limit), counted without parsing."""
+    from datatrove.io import get_shard_from_paths_file
+
+    fmt = next(name for name, cls in READERS.items() if isinstance(reader, cls))
+    compression = None if fmt == "parquet" else reader.compression
+    total = 0
+    for path in get_shard_from_paths_file(reader.paths_file, rank, world_size):
+        with reader.data_folder.open(path, "rb", compression=compression) as f:
+            total += count_records(f, fmt)
+    return total if reader.limit < 0 else min(total, reader.limit)

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
-from rephrase.llm.progress import duration
+from rephrase.llm.progress import duration, remaining
 
 STATUS_REFRESH_S = 1.0
 """How often the live line re-reads the status files (they are small; a stage writes them every few seconds)."""
@@ -47,13 +47,17 @@ def llm_status(progress: Path) -> str | None:
     out_tokens, elapsed = sum(t["output_tokens"] for t in tasks), max(t["elapsed_s"] for t in tasks)
     sized = all(t["total"] is not None for t in tasks)
     total = sum(t["total"] for t in tasks) if sized else None
+    counted = all(t.get("input_total") is not None for t in tasks)  # each task's input records, once counted
+    read = sum(t.get("input_read", 0) for t in tasks)
+    records = sum(t["input_total"] for t in tasks) if counted else None
     line = f"rephrase {docs}/{total} documents" if sized else f"rephrase {docs} documents"
+    if not sized and counted:
+        line += f" (input {read}/{records} records read)"
     line += f", {accepted}/{attempted} rewrites accepted"
     if elapsed > 0:
         line += f", {out_tokens / elapsed:.0f} out tok/s"
-    if sized and docs:
-        line += f", ETA {duration(max(0.0, elapsed / docs * (total - docs)))}"
-    return line
+    left = remaining(elapsed, docs, total, read, records)
+    return line + (f", ETA {duration(left)}" if left is not None else "")
 
 
 def stage_status(logs: Path) -> str | None:

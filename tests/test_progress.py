@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from fake_llm import FakeLLM, run_updates
@@ -35,7 +36,7 @@ def test_a_line_per_interval_with_rates_and_eta() -> None:
     progress.tick()
     assert lines[-1] == (
         "rephrase [task 3]: 0/40 documents, 0/0 rewrites accepted, tokens in 900 out 1200, 19.7 out tok/s over the "
-        "last 1m01s (19.7 overall), 1m01s elapsed, ETA unknown (unsized input)"
+        "last 1m01s (19.7 overall), 1m01s elapsed, ETA unknown (nothing done yet)"
     )
     clock.now += 60
     totals.accepted, totals.attempted, totals.output_tokens = 9, 10, 2400
@@ -47,6 +48,30 @@ def test_a_line_per_interval_with_rates_and_eta() -> None:
     assert progress.close() == lines[-1] and "10 documents, 9/10 rewrites accepted (90.0%)" in lines[-1]
 
 
+@dataclass
+class Reader:
+    records_read: int = 0
+    records_total: int | None = None
+
+
+def test_without_a_document_count_the_eta_comes_from_the_input_records_read() -> None:
+    """Documents reach the stage through filters, so it cannot know how many will; its reader knows how far it is
+    through the task's input once it has counted it."""
+    clock, lines, totals, reader = Clock(), [], Totals(), Reader()
+    progress = StageProgress(0, None, interval_s=60, totals=totals, clock=clock, log=lines.append, source=reader)
+    clock.now += 60
+    reader.records_read = 30
+    progress.update(5, totals)
+    assert lines[-1].startswith("rephrase [task 0]: 5 documents, 0/0 rewrites accepted")
+    assert lines[-1].endswith("ETA unknown (input not counted yet)")
+    reader.records_total = 120
+    clock.now += 60
+    reader.records_read = 40  # a third of the input in 120 s: 240 s to go
+    progress.update(5, totals)
+    assert lines[-1].startswith("rephrase [task 0]: 10 documents (input 40/120 records read), 0/0 rewrites")
+    assert lines[-1].endswith("2m00s elapsed, ETA 4m00s")
+
+
 def test_a_run_without_terminal_logs_progress_to_the_task_log(wiki_texts: list[str], tmp_path: Path) -> None:
     inputs = tmp_path / "in.jsonl"
     inputs.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(wiki_texts[:12])))
@@ -55,7 +80,11 @@ def test_a_run_without_terminal_logs_progress_to_the_task_log(wiki_texts: list[s
         sets = ["language.enabled=false", "heuristics=[]", "run.progress_interval_s=0.001", "rephrase.batch_size=4"]
         result = run_config(load_config(REPO / "configs" / "demo.yaml", sets, updates))
     log = (result.layout.logs / "curate" / "logs" / "task_00000.log").read_text()
-    lines = re.findall(r"rephrase \[task 0\]: \d+ documents, \d+/\d+ rewrites accepted, tokens in \d+ out \d+.*", log)
+    read = r"(?: \(input \d+/\d+ records read\))?"
+    head = rf"rephrase \[task 0\]: \d+ documents{read}, \d+/\d+ rewrites accepted"
+    lines = re.findall(head + r", tokens in \d+ out .*", log)
     assert len(lines) >= 2 and all("ETA" in line for line in lines)
+    assert "(input " in lines[-1] and "/12 records read)" in lines[-1]  # counted beside the reading: the ETA's base
+    assert "ETA unknown" not in lines[-1]
     done = [int(re.search(r": (\d+) documents", line).group(1)) for line in lines]
     assert done == sorted(done) and done[-1] > 0

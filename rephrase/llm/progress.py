@@ -2,11 +2,13 @@
 
 On a terminal tqdm draws a bar (`disable=None`). Anywhere else (a Slurm job log, `nohup`, CI) a bar is noise, so
 the task logs one plain line every `interval_s` instead: documents done (of how many, when the input is sized),
-rewrites accepted, tokens in and out, output tok/s over the last interval and overall, and the ETA. `tail -f` on a
-job's log then says where the run is. The stage calls `tick()` whenever generations come back, so a line is due
-even while one large batch is still generating; the same summary line closes every task. With `status_path`, the
-task also keeps its running totals in that small JSON file (rewritten every `STATUS_EVERY_S`), which the run's
-terminal status line (rephrase.terminal) sums over tasks.
+rewrites accepted, tokens in and out, output tok/s over the last interval and overall, and the ETA. Documents
+reach the stage through filters, so their number is rarely known; the ETA then comes from how far the task's
+reader is through its input records (`source`: rephrase.inputs.ReadSources, which counts them beside the
+reading). `tail -f` on a job's log then says where the run is. The stage calls `tick()` whenever generations
+come back, so a line is due even while one large batch is still generating; the same summary line closes every
+task. With `status_path`, the task also keeps its running totals in that small JSON file (rewritten every
+`STATUS_EVERY_S`), which the run's terminal status line (rephrase.terminal) sums over tasks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from datatrove.utils.logging import logger
 from tqdm import tqdm
@@ -45,8 +48,10 @@ class StageProgress:
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] = logger.info,
         status_path: Path | None = None,
+        source: InputProgress | None = None,
     ) -> None:
         self.rank, self.total, self.interval_s, self.clock, self.log = rank, total, interval_s, clock, log
+        self.source = source
         self.status_path, self.status_at = status_path, float("-inf")
         self.start = self.last_at = clock()
         self.docs, self.last_out = 0, 0
@@ -76,12 +81,17 @@ class StageProgress:
         if not self.bar.disable or now - self.last_at < self.interval_s:
             return
         t, elapsed, window = self.totals, now - self.start, now - self.last_at
-        done = f"{self.docs}/{self.total}" if self.total else str(self.docs)
-        eta = "unknown (unsized input)"
-        if self.total and self.docs:
-            eta = duration(elapsed / self.docs * (self.total - self.docs))
+        done = f"{self.docs}/{self.total} documents" if self.total else f"{self.docs} documents"
+        read, records = self._input()
+        if not self.total and records:
+            done += f" (input {read}/{records} records read)"
+        left = remaining(elapsed, self.docs, self.total, read, records)
+        if left is not None:
+            eta = duration(left)
+        else:
+            eta = "unknown (nothing done yet)" if self.total or records else "unknown (input not counted yet)"
         self.log(
-            f"rephrase [task {self.rank}]: {done} documents, {t.accepted}/{t.attempted} rewrites accepted, tokens in "
+            f"rephrase [task {self.rank}]: {done}, {t.accepted}/{t.attempted} rewrites accepted, tokens in "
             f"{t.input_tokens} out {t.output_tokens}, {(t.output_tokens - self.last_out) / window:.1f} out tok/s "
             f"over the last {duration(window)} ({t.output_tokens / elapsed:.1f} overall), "
             f"{duration(elapsed)} elapsed, ETA {eta}"
@@ -106,11 +116,35 @@ class StageProgress:
         if self.status_path is None:
             return
         self.status_at = now
+        read, records = self._input()
         status = {"docs": self.docs, "total": self.total, "elapsed_s": round(now - self.start, 3), "done": done}
+        status |= {"input_read": read, "input_total": records}
         self.status_path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.status_path.with_suffix(".partial")
         partial.write_text(json.dumps({**status, **asdict(self.totals)}), encoding="utf-8")
         os.replace(partial, self.status_path)
+
+    def _input(self) -> tuple[int, int | None]:
+        if self.source is None:
+            return 0, None
+        return self.source.records_read, self.source.records_total
+
+
+class InputProgress(Protocol):
+    """How far a task is through its input: records read so far, and all it will read (None until counted)."""
+
+    records_read: int
+    records_total: int | None
+
+
+def remaining(elapsed: float, docs: int, total: int | None, read: int, records: int | None) -> float | None:
+    """Seconds left: from the documents done of `total` when the stage knows it, else from the input records read
+    of `records` (documents leave the LLM stage about as fast as their records are read); None if neither."""
+    if total and docs:
+        return max(0.0, elapsed / docs * (total - docs))
+    if records and read:
+        return max(0.0, elapsed / read * (records - read))
+    return None
 
 
 def _pct(totals: Totals) -> str:

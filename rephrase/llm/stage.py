@@ -33,7 +33,7 @@ from rephrase.llm.chunking import Job, combine, split_document
 from rephrase.llm.control import control_strings
 from rephrase.llm.engine import Completion, Engine, Generation, Sampling
 from rephrase.llm.inflight import InFlight
-from rephrase.llm.progress import StageProgress, Totals
+from rephrase.llm.progress import InputProgress, StageProgress, Totals
 from rephrase.llm.prompts import Prompt
 from rephrase.llm.selection import select_round
 from rephrase.llm.validators import VALIDATORS, Validator
@@ -62,16 +62,18 @@ class RephraseStep(PipelineStep):
         progress_interval_s: float = 60.0,
         *,
         engine: Callable[[], Engine] | None = None,
+        source: InputProgress | None = None,
     ) -> None:
         """`engine` builds the task's engine (called once per task, closed when it ends); by default the one `llm`
-        names. Tests and benchmarks pass their own here: a scripted engine, or one already loaded."""
+        names. Tests and benchmarks pass their own here: a scripted engine, or one already loaded. `source` is the
+        reader step ahead in the same pipeline, whose progress through the input gives the ETA."""
         super().__init__()
         self.llm, self.sampling, self.prompts = llm, sampling, prompts
         self.validator_configs = validators  # each built once as its config loaded: names and parameters hold
         self.batch_size, self.chunk_tokens, self.max_doc_tokens = batch_size, chunk_tokens, max_doc_tokens
         self.seed, self.checkpoint_dir, self.server_log = seed, checkpoint_dir, server_log
         self.progress_interval_s = progress_interval_s
-        self.engine_factory = engine
+        self.engine_factory, self.source = engine, source
 
     def _checks(self, prompt: Prompt) -> list[ValidatorConfig]:
         return [*self.validator_configs, *prompt.spec.validators]
@@ -112,7 +114,9 @@ class RephraseStep(PipelineStep):
         log = GenerationLog(Path(self.checkpoint_dir) / f"{rank:05d}.jsonl")
         total = len(data) if isinstance(data, Sized) else None
         status = Path(self.checkpoint_dir) / "progress" / f"{rank:05d}.json"  # Layout.llm_progress
-        progress = StageProgress(rank, total, self.progress_interval_s, self._totals, status_path=status)
+        progress = StageProgress(
+            rank, total, self.progress_interval_s, self._totals, status_path=status, source=self.source
+        )
         inflight: InFlight[_Request] = InFlight()
         batches = batched(data, self.batch_size)
         waiting: deque[_Batch] = deque()  # read and not yet yielded, in input order
