@@ -41,6 +41,22 @@ def test_the_status_line_names_the_running_stage_and_sums_the_llm_tasks(tmp_path
     assert line == expected + ", ETA 2m20s · 1m15s elapsed"
 
 
+def test_without_document_counts_the_status_line_takes_its_eta_from_the_input_read(tmp_path: Path) -> None:
+    progress, now = tmp_path / "progress", [0.0]
+    for rank, (docs, read, records) in enumerate(((6, 25, 100), (4, 15, 60))):
+        reader = type("Reader", (), {"records_read": read, "records_total": records})()
+        task = StageProgress(rank, None, 60.0, Totals(), clock=lambda: now[0], log=lambda line: None,
+                             status_path=progress / f"{rank:05d}.json", source=reader)  # fmt: skip
+        now[0] = 40.0
+        task.update(docs, Totals(accepted=docs, attempted=docs, output_tokens=400))
+    line = status_line(tmp_path / "logs", progress, elapsed_s=50)
+    # 40 of 160 input records in 40 s: 120 more take 120 s
+    assert line == (
+        "rephrase 10 documents (input 40/160 records read), 10/10 rewrites accepted, 20 out tok/s, ETA 2m00s"
+        " · 50s elapsed"
+    )
+
+
 def run_args(url: str, inputs: Path, out: Path, *more: str) -> list[str]:
     sets = {
         "rephrase.llm.engine": "vllm-server",
