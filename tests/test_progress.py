@@ -63,13 +63,17 @@ def test_without_a_document_count_the_eta_comes_from_the_input_records_read() ->
     reader.records_read = 30
     progress.update(5, totals)
     assert lines[-1].startswith("rephrase [task 0]: 5 documents, 0/0 rewrites accepted")
-    assert lines[-1].endswith("ETA unknown (input not counted yet)")
+    assert lines[-1].endswith("ETA unknown (input not counted)")
     reader.records_total = 120
     clock.now += 60
     reader.records_read = 40  # a third of the input in 120 s: 240 s to go
     progress.update(5, totals)
     assert lines[-1].startswith("rephrase [task 0]: 10 documents (input 40/120 records read), 0/0 rewrites")
     assert lines[-1].endswith("2m00s elapsed, ETA 4m00s")
+    clock.now += 60
+    reader.records_read = 120  # read to the end: the prefetch buffer and the engine still hold documents
+    progress.update(5, totals)
+    assert lines[-1].endswith("ETA soon (input all read; its last documents are generating)")
 
 
 def test_a_run_without_terminal_logs_progress_to_the_task_log(wiki_texts: list[str], tmp_path: Path) -> None:

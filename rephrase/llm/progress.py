@@ -85,11 +85,7 @@ class StageProgress:
         read, records = self._input()
         if not self.total and records:
             done += f" (input {read}/{records} records read)"
-        left = remaining(elapsed, self.docs, self.total, read, records)
-        if left is not None:
-            eta = duration(left)
-        else:
-            eta = "unknown (nothing done yet)" if self.total or records else "unknown (input not counted yet)"
+        eta = self._eta(remaining(elapsed, self.docs, self.total, read, records), read, records)
         self.log(
             f"rephrase [task {self.rank}]: {done}, {t.accepted}/{t.attempted} rewrites accepted, tokens in "
             f"{t.input_tokens} out {t.output_tokens}, {(t.output_tokens - self.last_out) / window:.1f} out tok/s "
@@ -124,6 +120,17 @@ class StageProgress:
         partial.write_text(json.dumps({**status, **asdict(self.totals)}), encoding="utf-8")
         os.replace(partial, self.status_path)
 
+    def _eta(self, left: float | None, read: int, records: int | None) -> str:
+        if left is not None:
+            return duration(left)
+        if self.total:
+            return "unknown (nothing done yet)"
+        if records is None:
+            return "unknown (input not counted)"
+        if read >= records:
+            return "soon (input all read; its last documents are generating)"
+        return "unknown (nothing read yet)"
+
     def _input(self) -> tuple[int, int | None]:
         if self.source is None:
             return 0, None
@@ -139,11 +146,12 @@ class InputProgress(Protocol):
 
 def remaining(elapsed: float, docs: int, total: int | None, read: int, records: int | None) -> float | None:
     """Seconds left: from the documents done of `total` when the stage knows it, else from the input records read
-    of `records` (documents leave the LLM stage about as fast as their records are read); None if neither."""
+    of `records` (documents leave the LLM stage about as fast as their records are read, the prefetch buffer
+    ahead); None if neither, or once every record is read while the last documents are still generating."""
     if total and docs:
         return max(0.0, elapsed / docs * (total - docs))
-    if records and read:
-        return max(0.0, elapsed / read * (records - read))
+    if records and 0 < read < records:
+        return elapsed / read * (records - read)
     return None
 
 
